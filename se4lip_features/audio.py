@@ -1,0 +1,167 @@
+"""Audio front end: load any audio or video file, resample to 16 kHz mono, and cut log-STFT speech windows."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000  # Hz, the rate every model input is resampled to
+N_FFT = 512  # 32 ms at 16 kHz
+WIN_LENGTH = 512  # 32 ms Hann window
+HOP_LENGTH = 128  # 8 ms at 16 kHz: 125 STFT frames per second
+N_FREQ = N_FFT // 2 + 1  # 257 linear-frequency bins, 0-8 kHz
+LOG_EPS = 1e-5  # floor of the magnitude before the log
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 96000  # input rates we accept
+
+assert WIN_LENGTH <= N_FFT and N_FFT % HOP_LENGTH == 0, "STFT constants are inconsistent"
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"})
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".m4a"})
+
+
+class AudioError(ValueError):
+    """Input audio that cannot be used; the message names the file and the problem."""
+
+
+def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read an audio file, or the audio track of a video, as mono float32 at its native rate.
+
+    Returns
+    -------
+    wav : np.ndarray, float32, shape (n_samples,)
+    sr : int
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: file is empty")
+    if path.suffix.lower() in VIDEO_SUFFIXES or path.suffix.lower() == ".m4a":
+        wav, sr = _load_with_av(path)
+    else:
+        wav, sr = _load_with_soundfile(path)
+    return wav, sr
+
+
+def _load_with_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    import soundfile
+
+    try:
+        data, sr = soundfile.read(str(path), dtype="float32", always_2d=True)  # (n_samples, channels)
+    except Exception as err:  # soundfile raises several types for unreadable files
+        try:
+            return _load_with_av(path)
+        except AudioError:
+            raise AudioError(f"{path}: cannot read audio ({err})") from err
+    return data.mean(axis=1).astype(np.float32), int(sr)
+
+
+def _load_with_av(path: Path) -> tuple[np.ndarray, int]:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{path}: has no audio stream")
+            stream = container.streams.audio[0]
+            chunks = []
+            for frame in container.decode(stream):
+                pcm = frame.to_ndarray()  # planar (channels, n) or packed (1, n * channels)
+                if not frame.format.is_planar:
+                    pcm = pcm.reshape(-1, len(frame.layout.channels)).T
+                chunks.append(_to_float(pcm).mean(axis=0))
+            sr = int(stream.rate)
+    except av.error.FFmpegError as err:
+        raise AudioError(f"{path}: cannot decode audio ({err})") from err
+    if not chunks:
+        raise AudioError(f"{path}: audio stream holds no samples")
+    return np.concatenate(chunks).astype(np.float32), sr
+
+
+def _to_float(pcm: np.ndarray) -> np.ndarray:
+    if np.issubdtype(pcm.dtype, np.integer):
+        return pcm.astype(np.float32) / float(np.iinfo(pcm.dtype).max)
+    return pcm.astype(np.float32)
+
+
+def prepare_waveform(wav: np.ndarray, sr: int, name: str = "audio") -> np.ndarray:
+    """Check, downmix and resample a waveform to 16 kHz mono float32.
+
+    Parameters
+    ----------
+    wav : np.ndarray, shape (n_samples,) or (n_samples, channels); int or float PCM
+    sr : int, 8-96 kHz
+    name : str, used in error messages (usually the file name)
+    """
+    wav = np.asarray(wav)
+    if wav.ndim == 2:
+        wav = _to_float(wav).mean(axis=1)
+    elif wav.ndim == 1:
+        wav = _to_float(wav)
+    else:
+        raise AudioError(f"{name}: expected a 1-D or 2-D waveform, got shape {wav.shape}")
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{name}: sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+    if wav.size == 0:
+        raise AudioError(f"{name}: holds no samples")
+    if not np.isfinite(wav).all():
+        raise AudioError(f"{name}: contains NaN or infinite samples")
+    if sr != SAMPLE_RATE:
+        import soxr
+
+        wav = soxr.resample(wav, sr, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def window_samples(n_stft_frames: int) -> int:
+    """Samples spanned by ``n_stft_frames`` STFT frames, edge to edge."""
+    return (n_stft_frames - 1) * HOP_LENGTH + N_FFT
+
+
+def stft_frames_per_window(window_seconds: float) -> int:
+    """Odd number of STFT frames whose centres cover ``window_seconds`` (25 for 200 ms)."""
+    n = int(round(window_seconds * SAMPLE_RATE / HOP_LENGTH))
+    return n + 1 - n % 2
+
+
+def speech_windows(wav: torch.Tensor, centres: torch.Tensor, n_stft_frames: int) -> torch.Tensor:
+    """Log-magnitude STFT windows centred on given sample positions.
+
+    Samples outside the waveform read as silence, so windows at the edges still see all the real audio
+    there is. Every window is computed from its own samples, so its content does not depend on where
+    other windows lie (offline, streaming and training all see the same numbers).
+
+    Parameters
+    ----------
+    wav : torch.Tensor, float32, shape (n_samples,) at 16 kHz
+    centres : torch.Tensor, int64, shape (n_windows,); the sample each window is centred on
+    n_stft_frames : int, odd; STFT frames per window, hop 128 samples apart
+
+    Returns
+    -------
+    torch.Tensor, float32, shape (n_windows, n_stft_frames, 257)
+    """
+    half = window_samples(n_stft_frames) // 2
+    idx = centres.to(wav.device)[:, None] - half + torch.arange(2 * half, device=wav.device)  # (n_windows, 2 * half)
+    inside = (idx >= 0) & (idx < len(wav))
+    segments = wav[idx.clamp(0, len(wav) - 1)] * inside
+    spec = torch.stft(
+        segments,
+        n_fft=N_FFT,
+        hop_length=HOP_LENGTH,
+        win_length=WIN_LENGTH,
+        window=torch.hann_window(WIN_LENGTH, device=wav.device),
+        center=False,
+        return_complex=True,
+    )  # (n_windows, 257, n_stft_frames)
+    return torch.log(spec.abs() + LOG_EPS).transpose(1, 2)
+
+
+def frame_count(n_samples: int, fps: float) -> int:
+    """Video frames in ``n_samples`` of 16 kHz audio: round(duration * fps)."""
+    return int(math.floor(n_samples / SAMPLE_RATE * fps + 0.5))

@@ -1,0 +1,173 @@
+"""Prepared training data: aligned 16 kHz audio, lip crops and mouth landmarks, stored so training never decodes video.
+
+A prepared dataset is a folder holding
+    meta.json        crop size and scale, fps, landmark scheme, and one entry per clip (offsets, counts)
+    lips.npy         uint8 (n_frames_total, H, W, 3) lip crops, memory-mapped when read
+    audio.npy        float32 (n_samples_total,) 16 kHz mono
+    landmarks.npy    float32 (n_frames_total, n_mouth + 2, 2) mouth points then the two outer eye corners, pixels
+    valid.npy        bool (n_frames_total,) False for frames where no face was found (dropped from training)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import audio, lips
+from .audio import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Clip:
+    """One utterance or video: frames [frame_start, frame_start + n_frames) and samples likewise."""
+
+    id: str
+    frame_start: int
+    n_frames: int
+    sample_start: int
+    n_samples: int
+    n_dropped: int
+
+
+def _clip_arrays(wav: np.ndarray, frames: np.ndarray, landmarks: np.ndarray, scheme, height, width, scale, fps):
+    """Crops, landmarks and validity for one clip; audio and video trimmed to the same duration."""
+    n = min(len(frames), audio.frame_count(len(wav), fps))
+    frames, landmarks = frames[:n], landmarks[:n]
+    boxes = lips.crop_boxes(landmarks, scheme, scale, height / width)
+    crops = lips.cut_crops(frames, boxes, height, width)
+    keep = list(scheme.mouth) + list(scheme.eye_corners)
+    valid = np.isfinite(landmarks).all(axis=(1, 2))
+    return wav[: int(round(n / fps * SAMPLE_RATE))], crops, landmarks[:, keep].astype(np.float32), valid
+
+
+class _Writer:
+    """Accumulates clips and writes the dataset folder at the end, atomically."""
+
+    def __init__(self, out: Path, scheme, height, width, scale, fps):
+        self.out, self.scheme = out, scheme
+        self.meta = dict(format=FORMAT_VERSION, fps=fps, lip_height=height, lip_width=width, lip_crop_scale=scale,
+                         landmarks=scheme.name, gap=list(scheme.gap), clips=[])
+        self.parts = dict(audio=[], lips=[], landmarks=[], valid=[])
+        self.n_frames = self.n_samples = 0
+
+    def add(self, clip_id, wav, crops, landmarks, valid):
+        self.meta["clips"].append(Clip(clip_id, self.n_frames, len(crops), self.n_samples, len(wav),
+                                       int((~valid).sum())).__dict__)
+        for key, arr in zip(("audio", "lips", "landmarks", "valid"), (wav, crops, landmarks, valid)):
+            self.parts[key].append(arr)
+        self.n_frames += len(crops)
+        self.n_samples += len(wav)
+
+    def close(self) -> dict:
+        if not self.meta["clips"]:
+            raise ValueError("no usable clip: nothing to write")
+        tmp = self.out.with_name(self.out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for key, parts in self.parts.items():
+            np.save(tmp / f"{key}.npy", np.concatenate(parts))
+        (tmp / "meta.json").write_text(json.dumps(self.meta, indent=1))
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        os.replace(tmp, self.out)
+        return self.meta
+
+
+def prepare_videos(videos, out: Path, *, fps=25.0, height=48, width=96, scale=1.2, progress=True) -> dict:
+    """Prepare talking-head videos (any container and rate) with mediapipe landmarks.
+
+    Frames with no face are kept as invalid (never guessed) and counted per clip; a video with no face at
+    all is skipped with a warning.
+    """
+    from tqdm import tqdm
+
+    detector = lips.FaceMeshDetector()
+    writer = _Writer(Path(out), detector.scheme, height, width, scale, fps)
+    try:
+        for path in tqdm(list(videos), desc="prepare", unit="video", disable=not progress):
+            path = Path(path)
+            wav, sr = audio.load_audio(path)
+            wav = audio.prepare_waveform(wav, sr, name=str(path))
+            frames, _ = lips.read_video(path, fps)
+            landmarks = detector(frames)
+            if np.isnan(landmarks).all():
+                log.warning("%s: no face found in any frame, skipped", path)
+                continue
+            writer.add(path.stem, *_clip_arrays(wav, frames, landmarks, detector.scheme, height, width, scale, fps))
+    finally:
+        detector.close()
+    return writer.close()
+
+
+def prepare_renderer_folder(folder: Path, out: Path, *, fps=25.0, height=48, width=96, scale=1.2) -> dict:
+    """Prepare a SyncTalk/TalkingGaussian data folder (``aud.wav``, ``ori_imgs/<i>.jpg`` + ``<i>.lms``).
+
+    Uses the folder's own 68-point landmarks, so no face detector is needed. Frames whose ``.lms`` is
+    missing are invalid.
+    """
+    import av
+
+    folder = Path(folder)
+    wav, sr = audio.load_audio(folder / "aud.wav")
+    wav = audio.prepare_waveform(wav, sr, name=str(folder / "aud.wav"))
+    images = sorted((folder / "ori_imgs").glob("*.jpg"), key=lambda p: int(p.stem))
+    if not images:
+        raise FileNotFoundError(f"{folder / 'ori_imgs'}: no <index>.jpg frames")
+    frames, landmarks = [], []
+    for img in images:
+        with av.open(str(img)) as container:
+            frames.append(next(container.decode(video=0)).to_ndarray(format="rgb24"))
+        lms = img.with_suffix(".lms")
+        landmarks.append(np.loadtxt(lms, dtype=np.float32)[:, :2] if lms.exists()
+                         else np.full((68, 2), np.nan, np.float32))
+    writer = _Writer(Path(out), lips.IBUG68, height, width, scale, fps)
+    writer.add(folder.name, *_clip_arrays(wav, np.stack(frames), np.stack(landmarks), lips.IBUG68,
+                                          height, width, scale, fps))
+    return writer.close()
+
+
+class PreparedData:
+    """Read-only view of a prepared dataset; big arrays are memory-mapped."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{self.root}: not a prepared dataset (no meta.json); run se4lip-prepare")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{self.root}: dataset format {self.meta.get('format')}, expected {FORMAT_VERSION}")
+        self.clips = [Clip(**c) for c in self.meta["clips"]]
+        self.fps = float(self.meta["fps"])
+        self.audio = np.load(self.root / "audio.npy", mmap_mode="r")
+        self.lips = np.load(self.root / "lips.npy", mmap_mode="r")
+        self.landmarks = np.load(self.root / "landmarks.npy", mmap_mode="r")
+        self.valid = np.load(self.root / "valid.npy")
+
+    def clip_audio(self, clip: Clip) -> np.ndarray:
+        return np.asarray(self.audio[clip.sample_start: clip.sample_start + clip.n_samples])
+
+    def clip_lips(self, clip: Clip) -> np.ndarray:
+        return self.lips[clip.frame_start: clip.frame_start + clip.n_frames]
+
+    def clip_valid(self, clip: Clip) -> np.ndarray:
+        return self.valid[clip.frame_start: clip.frame_start + clip.n_frames]
+
+    def clip_landmarks(self, clip: Clip) -> np.ndarray:
+        return np.asarray(self.landmarks[clip.frame_start: clip.frame_start + clip.n_frames])
+
+    def split(self, n_val: int, seed: int = 0) -> tuple[list[Clip], list[Clip]]:
+        """Train/validation split by clip (utterance), never by frame; the same for a given seed."""
+        order = np.random.default_rng(seed).permutation(len(self.clips))
+        val = sorted(order[:n_val])
+        return [c for i, c in enumerate(self.clips) if i not in set(val)], [self.clips[i] for i in val]

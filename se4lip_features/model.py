@@ -1,0 +1,145 @@
+"""The SE4Lip model: a GRU speech encoder and a CNN lip encoder meeting in a 512-d cosine embedding space."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import audio
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network and its front end; stored inside every weights file."""
+
+    embed_dim: int = 512  # joint speech/lip embedding size
+    gru_hidden: int = 256  # GRU hidden size (the paper does not give it)
+    gru_layers: int = 8  # the paper's 8-layer GRU
+    window_frames: int = 5  # video frames per training window (200 ms at 25 fps)
+    fps: float = 25.0  # video rate of the training windows
+    lip_height: int = 48  # lip crop, pixels (H x W); Table 2 reduces 48x96 and 96x96 to 1x1
+    lip_width: int = 96
+    lip_crop_scale: float = 1.2  # crop width / outer-eye-corner distance (how lips.py cuts the crops)
+    sample_rate: int = audio.SAMPLE_RATE
+    n_fft: int = audio.N_FFT
+    win_length: int = audio.WIN_LENGTH
+    hop_length: int = audio.HOP_LENGTH
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_frames / self.fps
+
+    @property
+    def n_stft_frames(self) -> int:
+        return audio.stft_frames_per_window(self.window_seconds)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**values)
+
+    def check_front_end(self) -> None:
+        """Refuse weights whose front end differs from the one this package computes."""
+        expected = (audio.SAMPLE_RATE, audio.N_FFT, audio.WIN_LENGTH, audio.HOP_LENGTH)
+        got = (self.sample_rate, self.n_fft, self.win_length, self.hop_length)
+        if got != expected:
+            raise ValueError(f"weights need front end (sr, n_fft, win, hop) = {got}, this package computes {expected}")
+
+
+class SpeechEncoder(nn.Module):
+    """Log-STFT window -> 8-layer GRU -> last step of the last layer -> linear projection to the embedding."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        n_freq = cfg.n_fft // 2 + 1
+        # Per-bin statistics of the training data's log-STFT; part of the weights.
+        self.register_buffer("spec_mean", torch.zeros(n_freq))
+        self.register_buffer("spec_std", torch.ones(n_freq))
+        self.gru = nn.GRU(n_freq, cfg.gru_hidden, num_layers=cfg.gru_layers, batch_first=True)
+        self.proj = nn.Linear(cfg.gru_hidden, cfg.embed_dim)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        """(batch, n_stft_frames, 257) log-magnitude -> (batch, embed_dim), not normalised."""
+        x = (spec - self.spec_mean) / self.spec_std
+        out, _ = self.gru(x)  # (batch, n_stft_frames, gru_hidden)
+        return self.proj(out[:, -1])
+
+
+class ConvBlock(nn.Module):
+    """Conv2d + BatchNorm + ReLU; with ``residual`` the input is added before the ReLU (Wav2Lip style)."""
+
+    def __init__(self, c_in, c_out, kernel, stride, padding, residual=False):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.residual = residual
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return F.relu(y + x if self.residual else y)
+
+
+class LipEncoder(nn.Module):
+    """Table 2 of the paper: 5 stacked RGB lip crops (15 channels) -> 512-d embedding."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c = 3 * cfg.window_frames
+        r = dict(residual=True)
+        self.net = nn.Sequential(
+            ConvBlock(c, 32, 7, 1, 3),
+            ConvBlock(32, 64, 5, (1, 2), 1),
+            ConvBlock(64, 64, 3, 1, 1, **r),
+            ConvBlock(64, 64, 3, 1, 1, **r),
+            ConvBlock(64, 128, 3, 2, 1),
+            ConvBlock(128, 128, 3, 1, 1, **r),
+            ConvBlock(128, 128, 3, 1, 1, **r),
+            ConvBlock(128, 256, 3, 2, 1),
+            ConvBlock(256, 256, 3, 1, 1, **r),
+            ConvBlock(256, 512, 3, 2, 1),
+            ConvBlock(512, 512, 3, 1, 1, **r),
+            ConvBlock(512, 512, 3, 2, 1),
+            ConvBlock(512, 512, 3, (4, 1), 0),
+            nn.Conv2d(512, cfg.embed_dim, 1),  # plain projection: the embedding may take any sign
+        )
+
+    def forward(self, lips: torch.Tensor) -> torch.Tensor:
+        """(batch, 15, H, W) float in [0, 1] -> (batch, embed_dim), not normalised."""
+        x = self.net(lips * 2.0 - 1.0)
+        if x.shape[-2:] != (1, 1):
+            raise ValueError(f"lip crops of {tuple(lips.shape[-2:])} do not reduce to 1x1 (got {tuple(x.shape[-2:])})")
+        return x.flatten(1)
+
+
+class SE4Lip(nn.Module):
+    """Speech and lip encoders; ``forward`` returns the cosine similarity of every lip/speech pair."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.speech = SpeechEncoder(cfg)
+        self.lips = LipEncoder(cfg)
+
+    def encode_speech(self, spec: torch.Tensor) -> torch.Tensor:
+        """(batch, n_stft_frames, 257) -> L2-normalised (batch, embed_dim)."""
+        return F.normalize(self.speech(spec), dim=-1)
+
+    def encode_lips(self, lips: torch.Tensor) -> torch.Tensor:
+        """(batch, 15, H, W) -> L2-normalised (batch, embed_dim)."""
+        return F.normalize(self.lips(lips), dim=-1)
+
+    def forward(self, spec: torch.Tensor, lips: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities (n_lip, n_speech) of every lip window with every speech window.
+
+        spec : (n_speech, n_stft_frames, 257); lips : (n_lip, 15, H, W)
+        """
+        return self.encode_lips(lips) @ self.encode_speech(spec).T

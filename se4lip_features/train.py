@@ -1,0 +1,277 @@
+"""Contrastive training of SE4Lip on a prepared dataset: resumable, seeded, DistributedDataParallel under torchrun."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import audio, evaluate, weights
+from .data import Clip, PreparedData
+from .loss import pair_losses
+from .model import SE4Lip, ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe; stored in every checkpoint and in the exported weights' metadata."""
+
+    steps: int = 6000
+    clips_per_batch: int = 8  # clips per step (per process)
+    lip_span: int = 8  # consecutive lip windows per clip: lip batch = clips_per_batch * lip_span
+    speech_margin: int = 8  # speech windows reach this many frames beyond the lip span on each side
+    lr: float = 3e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    nce_weight: float = 1.0  # 0 trains with the paper's Eq. 6 alone
+    temperature: float = 0.07
+    min_negative_offset: int = 2
+    gain_db: float = 6.0  # random gain of each clip's audio, +-dB
+    bf16: bool = True  # bf16 autocast (CPUs with AVX-512 BF16, and GPUs)
+    val_clips: int = 60
+    val_every: int = 500
+    ckpt_every_s: float = 300.0
+    seed: int = 0
+
+
+class WindowSampler:
+    """Draws, per clip, a run of consecutive lip windows and the speech windows around them."""
+
+    def __init__(self, data: PreparedData, clips: list[Clip], cfg: TrainConfig, model_cfg: ModelConfig):
+        self.data, self.clips, self.cfg = data, clips, cfg
+        half = model_cfg.window_frames // 2
+        self.half = half
+        self.starts = []  # per clip: first frames of lip runs whose windows are all valid and which hold speech
+        for clip in clips:
+            valid = data.clip_valid(clip)
+            ok = np.convolve(valid.astype(int), np.ones(2 * half + 1, int), mode="same") == 2 * half + 1
+            ok[:half] = ok[len(ok) - half:] = False  # lip windows need their full 5 frames
+            run = np.convolve(ok.astype(int), np.ones(cfg.lip_span, int), mode="valid") == cfg.lip_span
+            voiced = _voiced_frames(data.clip_audio(clip), clip.n_frames, data.fps)
+            mid = voiced[cfg.lip_span // 2: cfg.lip_span // 2 + len(run)]
+            self.starts.append(np.flatnonzero(run & mid))
+        usable = [i for i, s in enumerate(self.starts) if len(s)]
+        if not usable:
+            raise ValueError("no clip has a run of valid, voiced lip windows to train on")
+        self.usable = np.asarray(usable)
+
+    def batch(self, rng: np.random.Generator):
+        """Returns lips (B*K, 15, H, W) float, spec (B*S, n_stft, 257), lip_frame/speech_frame/clip indices."""
+        cfg, half = self.cfg, self.half
+        picks = rng.choice(self.usable, size=cfg.clips_per_batch, replace=len(self.usable) < cfg.clips_per_batch)
+        lips, wavs, lip_idx, sp_idx, lip_clip, sp_clip = [], [], [], [], [], []
+        for b, ci in enumerate(picks):
+            clip = self.clips[ci]
+            s = int(rng.choice(self.starts[ci]))
+            frames = np.asarray(self.data.clip_lips(clip)[s - half: s + cfg.lip_span + half])  # (K+4, H, W, 3)
+            if rng.random() < 0.5:
+                frames = frames[:, :, ::-1]  # mirror: lips are near-symmetric, the sync is unchanged
+            win = np.lib.stride_tricks.sliding_window_view(frames, 2 * half + 1, axis=0)  # (K, H, W, 3, 5)
+            lips.append(torch.from_numpy(np.ascontiguousarray(win.transpose(0, 4, 3, 1, 2))))
+            gain = 10 ** (rng.uniform(-cfg.gain_db, cfg.gain_db) / 20)
+            wavs.append(torch.from_numpy(self.data.clip_audio(clip) * np.float32(gain)))
+            lip_idx.append(np.arange(s, s + cfg.lip_span))
+            sp_idx.append(np.arange(s - cfg.speech_margin, s + cfg.lip_span + cfg.speech_margin))
+            lip_clip.append(np.full(cfg.lip_span, b))
+            sp_clip.append(np.full(len(sp_idx[-1]), b))
+        lips = torch.cat(lips).flatten(1, 2).float() / 255.0  # (B*K, 15, H, W), frames oldest first
+        return lips, wavs, [np.concatenate(x) for x in (lip_idx, sp_idx, lip_clip, sp_clip)]
+
+
+def _voiced_frames(wav: np.ndarray, n_frames: int, fps: float, floor_db: float = -35.0) -> np.ndarray:
+    """Frames whose 40 ms of audio is within ``floor_db`` of the clip's loudest frame."""
+    step = audio.SAMPLE_RATE / fps
+    edges = np.round(np.arange(n_frames + 1) * step).astype(int)
+    rms = np.array([np.sqrt(np.mean(wav[a:b] ** 2) + 1e-12) for a, b in zip(edges[:-1], edges[1:])])
+    return 20 * np.log10(rms / rms.max()) > floor_db
+
+
+def speech_specs(wavs, frames_per_clip, fps, n_stft):
+    """Log-STFT windows centred on the given frames of each clip: (sum of frames, n_stft, 257)."""
+    out = []
+    for wav, frames in zip(wavs, frames_per_clip):
+        centres = torch.from_numpy(np.round(np.asarray(frames) / fps * audio.SAMPLE_RATE).astype(np.int64))
+        out.append(audio.speech_windows(wav, centres, n_stft))
+    return torch.cat(out)
+
+
+def spectrogram_stats(data: PreparedData, clips: list[Clip], n_stft: int, max_clips: int = 200):
+    """Per-frequency mean and std of the log-STFT over (up to) ``max_clips`` training clips."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for clip in clips[:max_clips]:
+        spec = audio.speech_windows(torch.from_numpy(data.clip_audio(clip)),
+                                    torch.arange(0, clip.n_samples, 640), 1)[:, 0]  # (n, 257)
+        total = total + spec.sum(0)
+        total_sq = total_sq + (spec.double() ** 2).sum(0)
+        count += spec.shape[0]
+    mean = total / count
+    std = (total_sq / count - mean.double() ** 2).clamp_min(1e-6).sqrt().float()
+    return mean.float(), std
+
+
+def _lr(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _init_distributed():
+    """(rank, world_size); starts the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world
+
+
+def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfig(),
+          model_cfg: ModelConfig = ModelConfig(), *, init: str | None = None, resume: bool = False,
+          device: str | None = None, progress: bool = True) -> dict:
+    """Train (or fine-tune from ``init`` weights) and write ``out_dir/{ckpt.pt,final.safetensors,history.json}``.
+
+    Returns the history: per-step loss and per-validation sync accuracy.
+    """
+    from tqdm import tqdm
+
+    rank, world = _init_distributed()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "ckpt.pt"
+    data = PreparedData(data_dir)
+    train_clips, val_clips = data.split(cfg.val_clips, seed=cfg.seed)
+    (out_dir / "split.json").write_text(json.dumps({"val": [c.id for c in val_clips]}, indent=0))
+
+    torch.manual_seed(cfg.seed)
+    if init is not None:
+        model, info = weights.load(init)
+        model_cfg = model.config
+        log.info("fine-tuning from %s (%s)", info["name"], info["sha256"][:12])
+    else:
+        model = SE4Lip(model_cfg)
+        mean, std = spectrogram_stats(data, train_clips, model_cfg.n_stft_frames)
+        model.speech.spec_mean.copy_(mean)
+        model.speech.spec_std.copy_(std)
+    if (data.meta["lip_height"], data.meta["lip_width"]) != (model_cfg.lip_height, model_cfg.lip_width):
+        raise ValueError(f"{data_dir}: lip crops are {data.meta['lip_height']}x{data.meta['lip_width']}, "
+                         f"the model expects {model_cfg.lip_height}x{model_cfg.lip_width}")
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng([cfg.seed, rank])
+    history = {"step": [], "loss": [], "bce": [], "nce": [], "val_step": [], "val_acc": [], "val_exact": []}
+    step = 0
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"][rank] if world > 1 else state["rng"][0]
+        torch.set_rng_state(state["torch_rng"])
+        history, step = state["history"], state["step"]
+        log.info("resumed from %s at step %d", ckpt_path, step)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    sampler = WindowSampler(data, train_clips, cfg, model_cfg)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+    def save_checkpoint():
+        rng_states = [rng.bit_generator.state]
+        if world > 1:
+            rng_states = [None] * world
+            dist.all_gather_object(rng_states, rng.bit_generator.state)
+        if rank == 0:
+            tmp = ckpt_path.with_suffix(".partial")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                        "rng": rng_states, "torch_rng": torch.get_rng_state(), "history": history,
+                        "train_config": dataclasses.asdict(cfg), "model_config": model_cfg.to_dict()}, tmp)
+            os.replace(tmp, ckpt_path)
+
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress or rank > 0)
+    last_save = time.time()
+    while step < cfg.steps:
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg)
+        lips, wavs, (lip_f, sp_f, lip_c, sp_c) = sampler.batch(rng)
+        frames_per_clip = [sp_f[sp_c == b] for b in range(len(wavs))]
+        spec = speech_specs(wavs, frames_per_clip, data.fps, model_cfg.n_stft_frames).to(device)
+        with autocast:
+            sim = net(spec, lips.to(device)).float()  # (B*K, B*S)
+        offset = torch.from_numpy(sp_f[None, :] - lip_f[:, None]).to(device)
+        same = torch.from_numpy(lip_c[:, None] == sp_c[None, :]).to(device)
+        bce, nce = pair_losses(sim, offset, same, cfg.min_negative_offset, cfg.temperature)
+        loss = bce + cfg.nce_weight * nce
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # DistributedDataParallel averages the gradients across processes here
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        step += 1
+        history["step"].append(step)
+        history["loss"].append(loss.item())
+        history["bce"].append(bce.item())
+        history["nce"].append(nce.item())
+        postfix = {"loss": f"{np.mean(history['loss'][-50:]):.3f}"}
+        if history["val_acc"]:
+            postfix["val_acc"] = f"{history['val_acc'][-1]:.3f}"
+        bar.set_postfix(postfix)
+        bar.update()
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            if rank == 0:
+                model.eval()
+                summary = evaluate.sync_summary([evaluate.clip_sync(model, data.clip_audio(c), data.clip_lips(c),
+                                                                    data.clip_valid(c), data.fps)
+                                                 for c in val_clips])
+                model.train()
+                history["val_step"].append(step)
+                history["val_acc"].append(summary["accuracy"])
+                history["val_exact"].append(summary["exact_accuracy"])
+                log.info("step %d: val sync accuracy %.3f (exact %.3f)", step, summary["accuracy"],
+                         summary["exact_accuracy"])
+            if world > 1:
+                dist.barrier()
+        if time.time() - last_save > cfg.ckpt_every_s or step == cfg.steps:
+            save_checkpoint()
+            last_save = time.time()
+    bar.close()
+    if rank == 0:
+        (out_dir / "history.json").write_text(json.dumps(history))
+        model.eval()
+        weights.save(model, out_dir / "final.safetensors", fp16=False,
+                     metadata={"train_config": json.dumps(dataclasses.asdict(cfg)), "data": str(data_dir),
+                               "steps": step, "init": init or ""})
+        plot_history(history, out_dir / "training.png")
+    return history
+
+
+def plot_history(history: dict, path: Path) -> None:
+    """Loss (smoothed) and validation sync accuracy against step, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no training plot (pip install 'se4lip-features[plots]')")
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    loss = np.asarray(history["loss"])
+    k = min(50, len(loss))
+    ax1.plot(history["step"][k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"))
+    ax1.set(xlabel="step", ylabel="loss (50-step mean)", title="training loss")
+    ax2.plot(history["val_step"], history["val_acc"], "o-", label="|offset| <= 1")
+    ax2.plot(history["val_step"], history["val_exact"], "s-", label="offset = 0")
+    ax2.set(xlabel="step", ylabel="accuracy", ylim=(0, 1), title="validation sync accuracy")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
