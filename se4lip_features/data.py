@@ -45,9 +45,14 @@ def _clip_arrays(wav: np.ndarray, frames: np.ndarray, landmarks: np.ndarray, sch
     frames, landmarks = frames[:n], landmarks[:n]
     boxes = lips.crop_boxes(landmarks, scheme, scale, height / width)
     crops = lips.cut_crops(frames, boxes, height, width)
-    keep = list(scheme.mouth) + list(scheme.eye_corners)
-    valid = np.isfinite(landmarks).all(axis=(1, 2))
-    return wav[: int(round(n / fps * SAMPLE_RATE))], crops, landmarks[:, keep].astype(np.float32), valid
+    kept = landmarks[:, list(scheme.mouth) + list(scheme.eye_corners)].astype(np.float32)
+    valid = np.isfinite(kept).all(axis=(1, 2))
+    return wav[: int(round(n / fps * SAMPLE_RATE))], crops, kept, valid
+
+
+def _segment_frames(segment_s: float | None, fps: float) -> int:
+    """Frames per clip when videos are cut for the train/validation split; None keeps videos whole."""
+    return 2**62 if segment_s is None else max(1, int(round(segment_s * fps)))
 
 
 class _Writer:
@@ -60,13 +65,20 @@ class _Writer:
         self.parts = dict(audio=[], lips=[], landmarks=[], valid=[])
         self.n_frames = self.n_samples = 0
 
-    def add(self, clip_id, wav, crops, landmarks, valid):
-        self.meta["clips"].append(Clip(clip_id, self.n_frames, len(crops), self.n_samples, len(wav),
-                                       int((~valid).sum())).__dict__)
-        for key, arr in zip(("audio", "lips", "landmarks", "valid"), (wav, crops, landmarks, valid)):
-            self.parts[key].append(arr)
-        self.n_frames += len(crops)
-        self.n_samples += len(wav)
+    def add(self, clip_id, wav, crops, landmarks, valid, segment_frames: int):
+        """Add a video as clips of at most ``segment_frames`` frames (the units of the train/val split)."""
+        fps = self.meta["fps"]
+        for k in range(0, len(crops), segment_frames):
+            end = min(k + segment_frames, len(crops))
+            a, b = int(round(k / fps * SAMPLE_RATE)), int(round(end / fps * SAMPLE_RATE))
+            seg_id = clip_id if end - k == len(crops) else f"{clip_id}@{k}"
+            self.meta["clips"].append(Clip(seg_id, self.n_frames, end - k, self.n_samples, b - a,
+                                           int((~valid[k:end]).sum())).__dict__)
+            for key, arr in zip(("audio", "lips", "landmarks", "valid"), (wav[a:b], crops[k:end],
+                                                                          landmarks[k:end], valid[k:end])):
+                self.parts[key].append(arr)
+            self.n_frames += end - k
+            self.n_samples += b - a
 
     def close(self) -> dict:
         if not self.meta["clips"]:
@@ -83,15 +95,18 @@ class _Writer:
         return self.meta
 
 
-def prepare_videos(videos, out: Path, *, fps=25.0, height=48, width=96, scale=1.2, progress=True) -> dict:
-    """Prepare talking-head videos (any container and rate) with mediapipe landmarks.
+def prepare_videos(videos, out: Path, *, fps=25.0, height=48, width=96, scale=1.2, segment_s=10.0,
+                   detector=None, progress=True) -> dict:
+    """Prepare talking-head videos (any container and rate) with facial landmarks.
 
     Frames with no face are kept as invalid (never guessed) and counted per clip; a video with no face at
-    all is skipped with a warning.
+    all is skipped with a warning. Videos longer than ``segment_s`` become several clips (None: never cut).
+    ``detector`` maps (n, H, W, 3) frames to (n, n_points, 2) landmarks (NaN without a face) and has a
+    ``scheme`` and ``close()``; the default is mediapipe's face mesh.
     """
     from tqdm import tqdm
 
-    detector = lips.FaceMeshDetector()
+    detector = detector or lips.FaceMeshDetector()
     writer = _Writer(Path(out), detector.scheme, height, width, scale, fps)
     try:
         for path in tqdm(list(videos), desc="prepare", unit="video", disable=not progress):
@@ -103,17 +118,19 @@ def prepare_videos(videos, out: Path, *, fps=25.0, height=48, width=96, scale=1.
             if np.isnan(landmarks).all():
                 log.warning("%s: no face found in any frame, skipped", path)
                 continue
-            writer.add(path.stem, *_clip_arrays(wav, frames, landmarks, detector.scheme, height, width, scale, fps))
+            writer.add(path.stem, *_clip_arrays(wav, frames, landmarks, detector.scheme, height, width, scale, fps),
+                       segment_frames=_segment_frames(segment_s, fps))
     finally:
         detector.close()
     return writer.close()
 
 
-def prepare_renderer_folder(folder: Path, out: Path, *, fps=25.0, height=48, width=96, scale=1.2) -> dict:
+def prepare_renderer_folder(folder: Path, out: Path, *, fps=25.0, height=48, width=96, scale=1.2,
+                            segment_s=10.0) -> dict:
     """Prepare a SyncTalk/TalkingGaussian data folder (``aud.wav``, ``ori_imgs/<i>.jpg`` + ``<i>.lms``).
 
     Uses the folder's own 68-point landmarks, so no face detector is needed. Frames whose ``.lms`` is
-    missing are invalid.
+    missing are invalid. The video is cut into clips of ``segment_s`` seconds for the train/val split.
     """
     import av
 
@@ -132,7 +149,8 @@ def prepare_renderer_folder(folder: Path, out: Path, *, fps=25.0, height=48, wid
                          else np.full((68, 2), np.nan, np.float32))
     writer = _Writer(Path(out), lips.IBUG68, height, width, scale, fps)
     writer.add(folder.name, *_clip_arrays(wav, np.stack(frames), np.stack(landmarks), lips.IBUG68,
-                                          height, width, scale, fps))
+                                          height, width, scale, fps),
+               segment_frames=_segment_frames(segment_s, fps))
     return writer.close()
 
 
@@ -155,7 +173,7 @@ class PreparedData:
         self.valid = np.load(self.root / "valid.npy")
 
     def clip_audio(self, clip: Clip) -> np.ndarray:
-        return np.asarray(self.audio[clip.sample_start: clip.sample_start + clip.n_samples])
+        return np.array(self.audio[clip.sample_start: clip.sample_start + clip.n_samples])  # a writable copy
 
     def clip_lips(self, clip: Clip) -> np.ndarray:
         return self.lips[clip.frame_start: clip.frame_start + clip.n_frames]
@@ -168,6 +186,8 @@ class PreparedData:
 
     def split(self, n_val: int, seed: int = 0) -> tuple[list[Clip], list[Clip]]:
         """Train/validation split by clip (utterance), never by frame; the same for a given seed."""
-        order = np.random.default_rng(seed).permutation(len(self.clips))
-        val = sorted(order[:n_val])
-        return [c for i, c in enumerate(self.clips) if i not in set(val)], [self.clips[i] for i in val]
+        if not 0 < n_val < len(self.clips):
+            raise ValueError(f"{self.root}: cannot hold out {n_val} of {len(self.clips)} clips for validation")
+        held = set(np.random.default_rng(seed).permutation(len(self.clips))[:n_val].tolist())
+        return ([c for i, c in enumerate(self.clips) if i not in held],
+                [c for i, c in enumerate(self.clips) if i in held])

@@ -91,3 +91,26 @@ def sync_summary(results: list[dict]) -> dict:
         "frame_exact": float(np.mean([r["frame_exact"] for r in results])),
         "frame_within1": float(np.mean([r["frame_within1"] for r in results])),
     }
+
+
+def plot_sync(results: dict, folder) -> None:
+    """One PNG per clip: mean distance against audio shift, the chosen offset marked."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for clip_id, r in results.items():
+        shifts = np.arange(len(r["distances"])) - len(r["distances"]) // 2
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.plot(shifts, r["distances"], "o-", ms=3)
+        ax.axvline(r["offset"], color="C3", ls="--", label=f"offset {r['offset']:+d}, conf {r['confidence']:.2f}")
+        ax.set(xlabel="audio shift (frames)", ylabel="mean distance", title=clip_id)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / f"{clip_id.replace('/', '_')}.png", dpi=90)
+        plt.close(fig)

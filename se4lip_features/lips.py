@@ -92,14 +92,15 @@ class FaceMeshDetector:
 
 
 def _moving_average(x: np.ndarray, width: int) -> np.ndarray:
-    """Centred moving average along axis 0 over the valid rows, edges shrinking the window."""
-    kernel = np.ones(width)
-    valid = np.isfinite(x).all(axis=-1).astype(np.float64)
-    filled = np.where(valid[:, None] > 0, x, 0.0)
-    num = np.stack([np.convolve(filled[:, d], kernel, mode="same") for d in range(x.shape[1])], axis=1)
-    den = np.convolve(valid, kernel, mode="same")[:, None]
+    """Centred moving average along axis 0 of (n, d) over the finite rows; windows shrink at the edges."""
+    valid = np.isfinite(x).all(axis=-1)
+    filled = np.where(valid[:, None], x, 0.0)
+    csum = np.concatenate([np.zeros((1, x.shape[1])), np.cumsum(filled, axis=0)])
+    ccount = np.concatenate([[0], np.cumsum(valid)])
+    t = np.arange(len(x))
+    lo, hi = np.clip(t - width // 2, 0, len(x)), np.clip(t + width // 2 + 1, 0, len(x))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return num / den
+        return (csum[hi] - csum[lo]) / (ccount[hi] - ccount[lo])[:, None]
 
 
 def crop_boxes(landmarks: np.ndarray, scheme: LandmarkScheme, scale: float, aspect: float) -> np.ndarray:
@@ -122,7 +123,7 @@ def crop_boxes(landmarks: np.ndarray, scheme: LandmarkScheme, scale: float, aspe
     width = scale * np.linalg.norm(eyes[:, 0] - eyes[:, 1], axis=-1, keepdims=True)  # (n, 1)
     centre = _moving_average(centre, 5)
     width = _moving_average(width, 25)
-    found = np.isfinite(landmarks).all(axis=(1, 2))
+    found = np.isfinite(landmarks[:, list(scheme.mouth) + list(scheme.eye_corners)]).all(axis=(1, 2))
     boxes = np.concatenate([centre, width, width * aspect], axis=1)
     boxes[~found] = np.nan
     return boxes

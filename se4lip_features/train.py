@@ -137,10 +137,12 @@ def _init_distributed():
 
 def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfig(),
           model_cfg: ModelConfig = ModelConfig(), *, init: str | None = None, resume: bool = False,
-          device: str | None = None, progress: bool = True) -> dict:
+          device: str | None = None, stop_at: int | None = None, progress: bool = True) -> dict:
     """Train (or fine-tune from ``init`` weights) and write ``out_dir/{ckpt.pt,final.safetensors,history.json}``.
 
-    Returns the history: per-step loss and per-validation sync accuracy.
+    ``stop_at`` ends this run early at that step with a checkpoint (the schedule still spans ``cfg.steps``),
+    so long trainings can be run in slices and resumed. Returns the history: per-step loss and
+    per-validation sync accuracy.
     """
     from tqdm import tqdm
 
@@ -199,7 +201,8 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainCon
 
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress or rank > 0)
     last_save = time.time()
-    while step < cfg.steps:
+    end = min(cfg.steps, stop_at or cfg.steps)
+    while step < end:
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
         lips, wavs, (lip_f, sp_f, lip_c, sp_c) = sampler.batch(rng)
@@ -239,11 +242,11 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainCon
                          summary["exact_accuracy"])
             if world > 1:
                 dist.barrier()
-        if time.time() - last_save > cfg.ckpt_every_s or step == cfg.steps:
+        if time.time() - last_save > cfg.ckpt_every_s or step == end:
             save_checkpoint()
             last_save = time.time()
     bar.close()
-    if rank == 0:
+    if rank == 0 and step == cfg.steps:
         (out_dir / "history.json").write_text(json.dumps(history))
         model.eval()
         weights.save(model, out_dir / "final.safetensors", fp16=False,

@@ -1,0 +1,133 @@
+"""Data preparation: frame/audio alignment, lip crops, dropped faces, the renderer-folder reader."""
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile
+
+from se4lip_features import audio, data, lips
+
+GRID = Path(__file__).parent / "data" / "grid"
+CLIPS = ("bbaf2n", "bbaf3s")
+
+
+class ReplayDetector:
+    """Landmarks recorded once with mediapipe (tests/data/grid/*_mediapipe.npy), so no detector is needed."""
+
+    scheme = lips.MEDIAPIPE
+
+    def __init__(self, no_face=()):
+        self.calls, self.no_face = 0, set(no_face)
+
+    def __call__(self, frames):
+        recorded = np.load(GRID / f"{CLIPS[self.calls]}_mediapipe.npy")  # (n, 42, 2): mouth then eye corners
+        out = np.full((len(frames), 468, 2), np.nan, np.float32)
+        out[:, list(self.scheme.mouth) + list(self.scheme.eye_corners)] = recorded[: len(frames)]
+        out[sorted(self.no_face)] = np.nan
+        self.calls += 1
+        return out
+
+    def close(self):
+        pass
+
+
+def prepare_grid(out, **kw):
+    return data.prepare_videos([GRID / f"{c}.mp4" for c in CLIPS], out, detector=ReplayDetector(no_face=[10, 11]),
+                               progress=False, **kw)
+
+
+def test_read_video_resamples_by_time(tmp_path):
+    frames, duration = lips.read_video(GRID / "bbaf2n.mp4", fps=25)
+    assert frames.shape == (75, 288, 360, 3) and duration == pytest.approx(3.0)
+    half, _ = lips.read_video(GRID / "bbaf2n.mp4", fps=12.5)
+    assert len(half) == 38  # round(3.0 s * 12.5)
+    np.testing.assert_array_equal(half[1], frames[2])  # t = 0.08 s is source frame 2
+    double, _ = lips.read_video(GRID / "bbaf2n.mp4", fps=50)
+    np.testing.assert_array_equal(double[3], frames[1])  # t = 0.06 s still shows frame 1 (0.04-0.08 s)
+
+
+def test_prepare_videos_aligns_audio_frames_and_counts_dropped(tmp_path):
+    meta = prepare_grid(tmp_path / "ds")
+    ds = data.PreparedData(tmp_path / "ds")
+    assert [c.id for c in ds.clips] == list(CLIPS)
+    assert ds.lips.shape == (150, 48, 96, 3) and ds.lips.dtype == np.uint8
+    assert ds.landmarks.shape == (150, 42, 2)
+    for clip in ds.clips:
+        assert clip.n_frames == 75 and clip.n_samples == 48000  # 3 s of 16 kHz audio for 75 frames at 25 fps
+        assert clip.n_dropped == 2
+        assert not ds.clip_valid(clip)[10:12].any() and ds.clip_valid(clip)[12:].all()
+        assert (ds.clip_lips(clip)[10:12] == 0).all()  # never guessed: frames without a face are blank
+    wav, sr = audio.load_audio(GRID / "bbaf2n.mp4")
+    np.testing.assert_allclose(ds.clip_audio(ds.clips[0]), wav[:48000], atol=1e-6)
+    assert meta["landmarks"] == "mediapipe468" and meta["lip_crop_scale"] == 1.2
+
+
+def test_lip_crop_is_mouth_centred(tmp_path):
+    prepare_grid(tmp_path / "ds")
+    ds = data.PreparedData(tmp_path / "ds")
+    crop = ds.clip_lips(ds.clips[0])[40].astype(float)  # a frame with the mouth open
+    # lips are redder than the skin around them: the red excess peaks near the crop's centre
+    redness = (crop[..., 0] - crop[..., 1:].mean(-1)).mean(0)  # per column
+    assert abs(int(np.argmax(np.convolve(redness, np.ones(9), "same"))) - 48) <= 12
+
+
+def test_segments_split_long_videos(tmp_path):
+    prepare_grid(tmp_path / "ds", segment_s=1.0)
+    ds = data.PreparedData(tmp_path / "ds")
+    assert [c.id for c in ds.clips][:4] == ["bbaf2n@0", "bbaf2n@25", "bbaf2n@50", "bbaf3s@0"]
+    assert sum(c.n_frames for c in ds.clips) == 150 and all(c.n_samples == 16000 for c in ds.clips)
+
+
+def _renderer_folder(root: Path, missing_lms=(5,)):
+    """A SyncTalk-style data folder: aud.wav, ori_imgs/<i>.jpg and 68-point <i>.lms."""
+    frames, _ = lips.read_video(GRID / "bbaf2n.mp4")
+    wav, sr = audio.load_audio(GRID / "bbaf2n.mp4")
+    (root / "ori_imgs").mkdir(parents=True)
+    soundfile.write(root / "aud.wav", wav, sr)
+    recorded = np.load(GRID / "bbaf2n_mediapipe.npy")
+    for i, frame in enumerate(frames[:20]):
+        with av.open(str(root / "ori_imgs" / f"{i}.jpg"), "w", format="image2") as out:
+            stream = out.add_stream("mjpeg")
+            stream.width, stream.height, stream.pix_fmt = 360, 288, "yuvj420p"
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        if i in missing_lms:
+            continue
+        lms = np.repeat(recorded[i, :40].mean(0, keepdims=True), 68, axis=0)
+        lms[48:68] = recorded[i, :20]
+        lms[36], lms[45] = recorded[i, 40], recorded[i, 41]
+        np.savetxt(root / "ori_imgs" / f"{i}.lms", lms, "%f")
+    return wav
+
+
+def test_renderer_folder_reader(tmp_path):
+    wav = _renderer_folder(tmp_path / "May")
+    meta = data.prepare_renderer_folder(tmp_path / "May", tmp_path / "ds")
+    ds = data.PreparedData(tmp_path / "ds")
+    assert meta["landmarks"] == "ibug68" and len(ds.clips) == 1
+    clip = ds.clips[0]
+    assert clip.n_frames == 20 and clip.n_samples == 20 * 640 and clip.n_dropped == 1
+    assert not ds.clip_valid(clip)[5] and ds.clip_valid(clip).sum() == 19
+    np.testing.assert_allclose(ds.clip_audio(clip), wav[: 20 * 640], atol=1e-4)
+    assert ds.lips.shape == (20, 48, 96, 3)
+    assert json.loads((tmp_path / "ds" / "meta.json").read_text())["gap"] == [14, 18]
+
+
+def test_split_is_by_clip_and_checked(tmp_path):
+    prepare_grid(tmp_path / "ds", segment_s=0.6)  # 15 frames: 5 clips per video
+    ds = data.PreparedData(tmp_path / "ds")
+    train, val = ds.split(3, seed=1)
+    assert len(val) == 3 and not {c.id for c in train} & {c.id for c in val}
+    assert [c.id for c in ds.split(3, seed=1)[1]] == [c.id for c in val]
+    with pytest.raises(ValueError, match="cannot hold out 10 of 10"):
+        ds.split(10)
+
+
+def test_not_a_dataset(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a prepared dataset"):
+        data.PreparedData(tmp_path)

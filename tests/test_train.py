@@ -1,0 +1,172 @@
+"""Training: the loss goes down, resuming equals not stopping, DDP with 2 processes, fine-tuning, sync eval."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from se4lip_features import evaluate, weights
+from se4lip_features.data import PreparedData
+from se4lip_features.loss import cosine_bce, pair_losses
+from se4lip_features.model import ModelConfig
+from se4lip_features.train import TrainConfig, WindowSampler, speech_specs, train
+
+TINY_MODEL = ModelConfig(gru_hidden=16, gru_layers=2, embed_dim=32)
+TINY = TrainConfig(steps=4, clips_per_batch=2, lip_span=4, speech_margin=3, warmup_steps=1, val_clips=2,
+                   val_every=2, ckpt_every_s=0.0, bf16=False)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from test_data import prepare_grid
+
+    root = tmp_path_factory.mktemp("data") / "grid"
+    prepare_grid(root, segment_s=1.0)  # 6 clips of 25 frames
+    return root
+
+
+def test_cosine_bce_is_eq6_on_rescaled_cosine():
+    cos = torch.tensor([0.8, 0.0, -0.5])  # p = (1 + cos) / 2 = 0.9, 0.5, 0.25
+    np.testing.assert_allclose(cosine_bce(cos, torch.ones(3)), -np.log([0.9, 0.5, 0.25]), rtol=1e-5)
+    np.testing.assert_allclose(cosine_bce(cos, torch.zeros(3)), -np.log([0.1, 0.5, 0.75]), rtol=1e-5)
+    assert torch.isfinite(cosine_bce(torch.tensor([1.0, -1.0]), torch.tensor([0.0, 1.0]))).all()  # clamped
+
+
+def test_pair_losses_ignore_near_offsets():
+    offset = torch.tensor([[0, 1, 2]])
+    same = torch.ones(1, 3, dtype=torch.bool)
+    sim_a = torch.tensor([[0.9, 0.9, -0.9]])
+    sim_b = torch.tensor([[0.9, -0.7, -0.9]])  # only the offset-1 pair differs: not a negative
+    assert pair_losses(sim_a, offset, same, 2, 0.1)[0] == pair_losses(sim_b, offset, same, 2, 0.1)[0]
+    # the softmax over offsets does see it: a closer wrong offset makes the choice harder
+    assert pair_losses(sim_a, offset, same, 2, 0.1)[1] > pair_losses(sim_b, offset, same, 2, 0.1)[1]
+
+
+def test_sampler_pairs_lips_with_their_own_speech(dataset):
+    data = PreparedData(dataset)
+    sampler = WindowSampler(data, data.clips, TINY, TINY_MODEL)
+    lips, wavs, (lip_f, sp_f, lip_c, sp_c) = sampler.batch(np.random.default_rng(0))
+    assert lips.shape == (8, 15, 48, 96) and 0 <= lips.min() and lips.max() <= 1
+    assert len(sp_f) == 2 * (4 + 2 * 3) and len(wavs) == 2
+    for b in range(2):  # each clip's speech windows span its lip windows +-3 frames
+        assert sp_f[sp_c == b].min() == lip_f[lip_c == b].min() - 3
+    spec = speech_specs(wavs, [sp_f[sp_c == b] for b in range(2)], 25.0, TINY_MODEL.n_stft_frames)
+    assert spec.shape == (20, 25, 257)
+
+
+def _fixed_batches_loss(model, data, cfg):
+    """Mean loss over 4 fixed batches, BatchNorm on batch statistics (running ones lag after 40 steps)."""
+    sampler = WindowSampler(data, data.clips, cfg, model.config)
+    losses = []
+    for seed in range(4):
+        lips, wavs, (lip_f, sp_f, lip_c, sp_c) = sampler.batch(np.random.default_rng(100 + seed))
+        spec = speech_specs(wavs, [sp_f[sp_c == b] for b in range(len(wavs))], data.fps, model.config.n_stft_frames)
+        with torch.no_grad():
+            sim = model.train()(spec, lips)
+        bce, nce = pair_losses(sim, torch.from_numpy(sp_f[None] - lip_f[:, None]),
+                               torch.from_numpy(lip_c[:, None] == sp_c[None]), cfg.min_negative_offset,
+                               cfg.temperature)
+        losses.append(float(bce + cfg.nce_weight * nce))
+    return np.mean(losses)
+
+
+def test_training_lowers_the_loss(dataset, tmp_path):
+    cfg = dataclasses.replace(TINY, steps=40, lr=3e-4, lip_span=6, warmup_steps=5, val_every=40)
+    data = PreparedData(dataset)
+    history = train(dataset, tmp_path / "run", cfg, TINY_MODEL, progress=False)
+    model, info = weights.load(tmp_path / "run" / "final.safetensors")
+    torch.manual_seed(cfg.seed)  # train() builds its model right after seeding: the same initial weights
+    start = weights.SE4Lip(TINY_MODEL)
+    start.load_state_dict({**start.state_dict(), "speech.spec_mean": model.speech.spec_mean,
+                           "speech.spec_std": model.speech.spec_std})
+    before, after = _fixed_batches_loss(start, data, cfg), _fixed_batches_loss(model, data, cfg)
+    assert after < 0.9 * before, (before, after)  # measured: 5.42 -> 4.37
+    assert len(history["loss"]) == 40 and history["val_step"] == [40]
+    assert json.loads(info["train_config"])["steps"] == 40
+    assert (tmp_path / "run" / "training.png").stat().st_size > 1000
+    assert set(json.loads((tmp_path / "run" / "split.json").read_text())["val"]) <= {c.id for c in data.clips}
+
+
+def test_resume_equals_uninterrupted(dataset, tmp_path):
+    train(dataset, tmp_path / "a", TINY, TINY_MODEL, progress=False)
+    train(dataset, tmp_path / "b", TINY, TINY_MODEL, stop_at=2, progress=False)
+    assert not (tmp_path / "b" / "final.safetensors").exists()
+    assert torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)["step"] == 2
+    train(dataset, tmp_path / "b", TINY, TINY_MODEL, resume=True, progress=False)
+    a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)
+    assert a["history"]["loss"] == b["history"]["loss"]
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_fine_tuning_starts_from_given_weights(dataset, tmp_path):
+    train(dataset, tmp_path / "base", TINY, TINY_MODEL, progress=False)
+    base = tmp_path / "base" / "final.safetensors"
+    cfg = dataclasses.replace(TINY, steps=1, lr=1e-12, warmup_steps=1)
+    train(dataset, tmp_path / "tuned", cfg, ModelConfig(), init=str(base), progress=False)  # config comes from init
+    tuned, _ = weights.load(tmp_path / "tuned" / "final.safetensors")
+    start, _ = weights.load(base)
+    assert tuned.config == TINY_MODEL
+    torch.testing.assert_close(tuned.speech.gru.weight_hh_l0, start.speech.gru.weight_hh_l0, atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo on Windows is not supported by torchrun")
+def test_distributed_two_processes(dataset, tmp_path):
+    script = (
+        "import sys, dataclasses; from se4lip_features.train import train, TrainConfig; "
+        "from se4lip_features.model import ModelConfig; "
+        f"train(sys.argv[1], sys.argv[2], TrainConfig(**{dataclasses.asdict(TINY)!r}), "
+        f"ModelConfig(**{TINY_MODEL.to_dict()!r}), device='cpu', progress=False)"
+    )
+    (tmp_path / "job.py").write_text(script)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "job.py"), str(dataset), str(tmp_path / "ddp")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=False)
+    assert state["step"] == 4 and len(state["rng"]) == 2 and state["rng"][0] != state["rng"][1]
+    assert not any(k.startswith("module.") for k in state["model"])
+    model, _ = weights.load(tmp_path / "ddp" / "final.safetensors")
+    assert model.config == TINY_MODEL
+
+
+def test_clip_sync_finds_a_known_shift(monkeypatch):
+    """Embeddings that are one-hot codes of the frame index can only match at the true shift."""
+
+    class FrameIdentity(torch.nn.Module):
+        config = ModelConfig(embed_dim=64)
+
+        def __init__(self, shift):
+            super().__init__()
+            self.shift, self.p = shift, torch.nn.Parameter(torch.zeros(1))
+
+        def encode_lips(self, lips):  # the window's centre frame (channel 6 = its red) holds its index
+            return torch.nn.functional.one_hot(lips[:, 6, 0, 0].mul(255).round().long(), 64).float()
+
+        def encode_speech(self, spec):  # fake_windows below writes the centre's frame index into the spec
+            return torch.nn.functional.one_hot((spec[:, 12, 0].round().long() + self.shift) % 64, 64).float()
+
+    def fake_windows(wav, centres, n_stft):
+        out = torch.zeros(len(centres), n_stft, 257)
+        out[:, 12, 0] = torch.div(centres, 640, rounding_mode="floor").float().clamp(min=0)
+        return out
+
+    monkeypatch.setattr(evaluate.audio, "speech_windows", fake_windows)
+    n = 25
+    lips = np.zeros((n, 48, 96, 3), np.uint8)
+    lips[:, 0, 0, 0] = np.arange(n)
+    for shift in (0, 3, -2):
+        r = evaluate.clip_sync(FrameIdentity(shift), np.zeros(n * 640, np.float32), lips, np.ones(n, bool), 25.0)
+        assert r["offset"] == -shift and r["confidence"] > 0 and r["n_windows"] == n - 4
+        assert r["frame_exact"] == (1.0 if shift == 0 else 0.0)
+        assert len(r["distances"]) == 31
+    summary = evaluate.sync_summary([{"offset": o, "confidence": 1.0, "frame_exact": 0.5, "frame_within1": 1.0}
+                                     for o in (0, 1, -1, 4)])
+    assert summary["accuracy"] == 0.75 and summary["exact_accuracy"] == 0.25 and summary["mean_offset"] == 1.0
