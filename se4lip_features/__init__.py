@@ -1,2 +1,8 @@
 """SE4Lip speech-lip encoder features for talking-head renderers."""
-__version__ = "0.1.0"
+
+__version__ = "0.1.0"  # before the imports: extract.py records it in every sidecar
+
+from .extract import Extractor, load
+from .weights import available_models
+
+__all__ = ["Extractor", "__version__", "available_models", "load"]

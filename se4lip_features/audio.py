@@ -20,6 +20,9 @@ assert WIN_LENGTH <= N_FFT and N_FFT % HOP_LENGTH == 0, "STFT constants are inco
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"})
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".m4a"})
+# Decoded by FFmpeg (PyAV) rather than libsndfile: containers libsndfile cannot open, and mp3, whose
+# libsndfile decoder (mpg123) writes warnings straight to the process's stderr on a damaged file.
+_FFMPEG_FIRST = VIDEO_SUFFIXES | {".m4a", ".mp3"}
 
 
 class AudioError(ValueError):
@@ -41,7 +44,7 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
         raise AudioError(f"{path}: is a directory, not an audio file")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: file is empty")
-    if path.suffix.lower() in VIDEO_SUFFIXES or path.suffix.lower() == ".m4a":
+    if path.suffix.lower() in _FFMPEG_FIRST:
         wav, sr = _load_with_av(path)
     else:
         wav, sr = _load_with_soundfile(path)
@@ -53,11 +56,12 @@ def _load_with_soundfile(path: Path) -> tuple[np.ndarray, int]:
 
     try:
         data, sr = soundfile.read(str(path), dtype="float32", always_2d=True)  # (n_samples, channels)
-    except Exception as err:  # soundfile raises several types for unreadable files
+    except (soundfile.SoundFileError, RuntimeError) as err:  # libsndfile cannot read it; FFmpeg may
         try:
             return _load_with_av(path)
         except AudioError:
-            raise AudioError(f"{path}: cannot read audio ({err})") from err
+            reason = getattr(err, "error_string", None) or str(err)  # libsndfile's reason without the path
+            raise AudioError(f"{path}: not a readable audio file ({reason.rstrip('.')})") from err
     return data.mean(axis=1).astype(np.float32), int(sr)
 
 
@@ -77,15 +81,20 @@ def _load_with_av(path: Path) -> tuple[np.ndarray, int]:
                 chunks.append(_to_float(pcm).mean(axis=0))
             sr = int(stream.rate)
     except av.error.FFmpegError as err:
-        raise AudioError(f"{path}: cannot decode audio ({err})") from err
+        reason = getattr(err, "strerror", None) or str(err)  # FFmpeg's reason without the path
+        raise AudioError(f"{path}: cannot decode audio ({reason})") from err
     if not chunks:
         raise AudioError(f"{path}: audio stream holds no samples")
     return np.concatenate(chunks).astype(np.float32), sr
 
 
 def _to_float(pcm: np.ndarray) -> np.ndarray:
+    """Integer PCM -> float32 in [-1, 1), scaled like libsndfile (int16 / 32768); unsigned PCM is offset."""
+    if np.issubdtype(pcm.dtype, np.unsignedinteger):  # 8-bit WAV and FFmpeg's u8: silence is 128
+        full_scale = float(np.iinfo(pcm.dtype).max // 2 + 1)
+        return (pcm.astype(np.float64) - full_scale).astype(np.float32) / np.float32(full_scale)
     if np.issubdtype(pcm.dtype, np.integer):
-        return pcm.astype(np.float32) / float(np.iinfo(pcm.dtype).max)
+        return pcm.astype(np.float32) / np.float32(-float(np.iinfo(pcm.dtype).min))
     return pcm.astype(np.float32)
 
 
@@ -125,7 +134,7 @@ def window_samples(n_stft_frames: int) -> int:
 
 def stft_frames_per_window(window_seconds: float) -> int:
     """Odd number of STFT frames whose centres cover ``window_seconds`` (25 for 200 ms)."""
-    n = int(round(window_seconds * SAMPLE_RATE / HOP_LENGTH))
+    n = round(window_seconds * SAMPLE_RATE / HOP_LENGTH)
     return n + 1 - n % 2
 
 
@@ -163,5 +172,6 @@ def speech_windows(wav: torch.Tensor, centres: torch.Tensor, n_stft_frames: int)
 
 
 def frame_count(n_samples: int, fps: float) -> int:
-    """Video frames in ``n_samples`` of 16 kHz audio: round(duration * fps)."""
-    return int(math.floor(n_samples / SAMPLE_RATE * fps + 0.5))
+    """Video frames in ``n_samples`` of 16 kHz audio: round(duration * fps), halves rounded up."""
+    # n * fps first: exact for whole fps, so 9280 samples at 25 fps are 14.5 frames -> 15, not 14.
+    return math.floor(n_samples * fps / SAMPLE_RATE + 0.5)

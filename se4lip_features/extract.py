@@ -59,7 +59,8 @@ class Extractor:
 
         wav = wav.to(self.device)
         out = []
-        for start in tqdm(range(0, len(centres), batch_size), desc="extract", unit="batch", disable=not progress):
+        batches = range(0, len(centres), batch_size)
+        for start in tqdm(batches, desc="extract", unit="batch", leave=False, disable=not progress):
             spec = audio.speech_windows(wav, centres[start: start + batch_size], self.config.n_stft_frames)
             out.append(self.model.encode_speech(spec))
         if not out:
@@ -86,8 +87,10 @@ class Extractor:
         """
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-        if not fps > 0:
-            raise ValueError(f"fps must be positive, got {fps}")
+        if not 0 < fps < math.inf:
+            raise ValueError(f"fps must be positive and finite, got {fps}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         wav16 = audio.prepare_waveform(wav, sr, name=name)
         n = audio.frame_count(len(wav16), fps)
         if n < 1:
@@ -125,9 +128,24 @@ def load(name_or_path: str | Path | None = None, device: str | torch.device | No
         ``hf://owner/repo/file.safetensors[@revision]``; None for the default weights
     device : "cpu", "cuda", ...; None picks CUDA when available
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(device)
     model, info = weights.load(name_or_path, device)
     return Extractor(model, info, device)
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    """The torch device to run on; CUDA when available for None, a clear error for an unusable name."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {str(device)!r} ({err})") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available to this torch {torch.__version__}")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def sidecar_path(npy_path: str | Path) -> Path:

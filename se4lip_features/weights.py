@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .model import SE4Lip, ModelConfig
+from .model import ModelConfig, SE4Lip
 
 FORMAT = "se4lip-weights/1"
 
@@ -49,20 +49,27 @@ def resolve(name_or_path: str | Path | None = None) -> tuple[Path, str]:
     if name.startswith("hf://"):
         return _from_hub(name), Path(name.split("@")[0]).stem
     path = Path(name).expanduser()
-    if path.suffix == ".safetensors" or os.sep in name:
+    if isinstance(name_or_path, os.PathLike) or path.suffix == ".safetensors" or "/" in name or os.sep in name:
         if not path.is_file():
             raise WeightsError(f"{path}: no such weights file")
         return path, path.stem
     if name in REGISTRY:
-        bundled = Path(str(importlib.resources.files("se4lip_features.pretrained") / f"{name}.safetensors"))
+        bundled = _bundled(name)
         if bundled.is_file():
             return bundled, name
         raise WeightsError(f"{name}: registered but {bundled} is missing; reinstall se4lip-features")
-    known = ", ".join(available_models()) or "none bundled yet"
-    raise WeightsError(
-        f"unknown weights {name!r}; released names: {known}. Pass a .safetensors path (e.g. one written by "
-        "se4lip-train) or hf://owner/repo/file.safetensors[@revision]"
-    )
+    how = ("pass weights explicitly (se4lip-extract --weights W, se4lip_features.load(W)), W being a .safetensors "
+           "file, e.g. one written by se4lip-train, or hf://owner/repo/file.safetensors[@revision]")
+    if name == DEFAULT_NAME:
+        raise WeightsError(f"no bundled weights exist yet: the default {DEFAULT_NAME} is not released in this "
+                           f"version of se4lip-features; {how}")
+    known = ", ".join(available_models()) or "none yet"
+    raise WeightsError(f"unknown weights {name!r} (released names: {known}); {how}")
+
+
+def _bundled(name: str) -> Path:
+    """Where a released name's file lies inside the installed package."""
+    return Path(str(importlib.resources.files("se4lip_features.pretrained") / f"{name}.safetensors"))
 
 
 def _from_hub(uri: str) -> Path:
@@ -71,14 +78,17 @@ def _from_hub(uri: str) -> Path:
     parts = spec.split("/")
     if len(parts) < 3:
         raise WeightsError(f"{uri}: expected hf://owner/repo/file.safetensors[@revision]")
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
 
     try:
         return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), revision=revision or None))
     except Exception as err:  # huggingface_hub raises many types: offline, missing, auth
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-        hint = " (HF_HUB_OFFLINE is set and the file is not in the cache)" if offline else ""
-        raise WeightsError(f"{uri}: cannot get weights from the Hugging Face hub{hint}: {err}") from err
+        if constants.HF_HUB_OFFLINE:  # read by huggingface_hub when it is imported
+            raise WeightsError(f"{uri}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE "
+                               "forbids downloading; fetch it once online, or unset HF_HUB_OFFLINE") from err
+        reason = " ".join(str(err).split())  # huggingface_hub messages span several lines
+        raise WeightsError(f"{uri}: cannot get weights from the Hugging Face hub ({type(err).__name__}: "
+                           f"{reason})") from err
 
 
 def save(model: SE4Lip, path: str | Path, *, fp16: bool = True, metadata: dict | None = None) -> str:
@@ -89,15 +99,29 @@ def save(model: SE4Lip, path: str | Path, *, fp16: bool = True, metadata: dict |
     from safetensors.torch import save_file
 
     keep32 = {"speech.spec_mean", "speech.spec_std"}
-    state = {k: (v.half() if fp16 and v.is_floating_point() and k not in keep32 else v).contiguous()
+    state = {k: (v.half() if fp16 and v.is_floating_point() and k not in keep32 else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
+    meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), "tensors_sha256": tensors_sha256(state)}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return sha256_file(path)
+
+
+def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the tensors' names, dtypes, shapes and bytes, stored in the metadata by :func:`save`.
+
+    safetensors checks a file's layout but not its data; this catches damage that leaves the layout intact
+    in files that are not in the registry (whose whole-file SHA-256 is checked instead).
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load(name_or_path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[SE4Lip, dict]:
@@ -113,7 +137,8 @@ def load(name_or_path: str | Path | None = None, device: str | torch.device = "c
 
     path, name = resolve(name_or_path)
     digest = sha256_file(path)
-    if name in REGISTRY and not str(name_or_path or "").endswith(".safetensors") and digest != REGISTRY[name]:
+    # A file carrying a released name (bundled, from the hub or a local copy) must be that release.
+    if name in REGISTRY and digest != REGISTRY[name]:
         raise WeightsError(f"{path}: SHA-256 {digest} does not match the released {name} ({REGISTRY[name]}); "
                            "the file is corrupted or was replaced")
     try:
@@ -121,11 +146,17 @@ def load(name_or_path: str | Path | None = None, device: str | torch.device = "c
             meta = f.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise WeightsError(f"{path}: not a readable safetensors file ({err})") from err
+        raise WeightsError(f"{path}: not a readable safetensors file, truncated or corrupted ({err})") from err
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path}: not SE4Lip weights (metadata format {meta.get('format')!r}, want {FORMAT})")
-    cfg = ModelConfig.from_dict(json.loads(meta["config"]))
-    cfg.check_front_end()
+    # Files written before the checksum was added have none; their layout was still checked above.
+    if "tensors_sha256" in meta and tensors_sha256(state) != meta["tensors_sha256"]:
+        raise WeightsError(f"{path}: tensor data does not match the checksum in its metadata; the file is corrupted")
+    try:
+        cfg = ModelConfig.from_dict(json.loads(meta["config"]))
+        cfg.check_front_end()
+    except (KeyError, TypeError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+        raise WeightsError(f"{path}: unusable model config in its metadata ({err!r})") from err
     model = SE4Lip(cfg)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
