@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -18,6 +21,33 @@ MEDIA_SUFFIXES = audio.AUDIO_SUFFIXES | audio.VIDEO_SUFFIXES  # what a folder gi
 def _error(prog: str, message: object) -> None:
     """Report one problem as one line on stderr (printed above any progress bar)."""
     tqdm.write(f"{prog}: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _fail(prog: str, message: object) -> int:
+    """Report a fatal problem as one line on stderr; returns the exit status 1."""
+    _error(prog, message)
+    return 1
+
+
+def _setup_logging() -> None:
+    """INFO messages of the package (progress notes, warnings) to stderr, for the long-running tools."""
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+
+
+def _media_files(inputs: list[Path], suffixes) -> list[Path]:
+    """Files given directly, and the files with one of ``suffixes`` directly inside the folders given."""
+    files = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in suffixes and not p.name.startswith("."))
+            if not found:
+                raise FileNotFoundError(f"{item}: folder holds no {', '.join(sorted(suffixes))} files")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    return files
 
 
 def _positive_int(text: str) -> int:
@@ -141,3 +171,186 @@ def _extract_jobs(inputs: list[Path], output: Path | None, prog: str) -> tuple[l
         claimed[target.resolve()] = source
         jobs.append((source, target))
     return jobs, failed
+
+
+# ---------------------------------------------------------------------------------------------- prepare
+
+
+def prepare_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="se4lip-prepare",
+        description="Turn talking-head videos (or a SyncTalk/TalkingGaussian data folder) into a training set of "
+                    "16 kHz audio and lip crops.")
+    parser.add_argument("inputs", nargs="+", type=Path,
+                        help="videos, folders of videos, or renderer data folders (aud.wav + ori_imgs/*.jpg/.lms)")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output dataset folder")
+    parser.add_argument("--fps", type=float, default=25.0, help="video rate the frames are resampled to")
+    parser.add_argument("--crop", type=int, nargs=2, default=(48, 96), metavar=("H", "W"), help="lip crop size")
+    parser.add_argument("--crop-scale", type=float, default=1.2,
+                        help="crop width as a multiple of the outer-eye-corner distance")
+    parser.add_argument("--segment", type=float, default=10.0,
+                        help="seconds per clip: longer videos are cut, so the validation split can hold some out")
+    parser.add_argument("-f", "--force", action="store_true", help="replace an existing output folder")
+    return parser
+
+
+def prepare_main(argv=None) -> int:
+    parser = prepare_parser()
+    args = parser.parse_args(argv)
+    _setup_logging()
+    from . import data
+
+    if args.out.exists() and not args.force:
+        return _fail(parser.prog, f"{args.out}: exists (use --force to replace it)")
+    renderer = [p for p in args.inputs if (p / "aud.wav").is_file() and (p / "ori_imgs").is_dir()]
+    kw = {"fps": args.fps, "height": args.crop[0], "width": args.crop[1], "scale": args.crop_scale,
+          "segment_s": args.segment}
+    try:
+        if renderer:
+            if len(renderer) != len(args.inputs) or len(renderer) > 1:
+                return _fail(parser.prog, "give one renderer data folder alone (its 68-point landmarks do not mix "
+                                          "with videos)")
+            meta = data.prepare_renderer_folder(renderer[0], args.out, **kw)
+        else:
+            meta = data.prepare_videos(_media_files(args.inputs, audio.VIDEO_SUFFIXES), args.out, **kw)
+    except (OSError, ValueError, ImportError) as err:
+        return _fail(parser.prog, err)
+    clips = meta["clips"]
+    print(f"{args.out}: {len(clips)} clips, {sum(c['n_frames'] for c in clips)} frames, "
+          f"{sum(c['n_dropped'] for c in clips)} without a face (dropped from training)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+def train_parser() -> argparse.ArgumentParser:
+    from .model import ModelConfig
+    from .train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="se4lip-train",
+                                     description="Train SE4Lip, or fine-tune shipped weights, on a prepared dataset.")
+    parser.add_argument("data", type=Path, help="dataset folder written by se4lip-prepare")
+    parser.add_argument("-o", "--out", type=Path, help="run folder (default: <data>-se4lip-run)")
+    parser.add_argument("--init", help="start from these weights (name, .safetensors path or hf://): fine-tuning")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/ckpt.pt")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--stop-at", type=_positive_int, metavar="STEP",
+                        help="stop at this step with a checkpoint (the schedule still spans --steps); resume later")
+    recipe = parser.add_argument_group("recipe (defaults: the shipped weights' recipe, see weights/MODEL_CARD.md)")
+    for field in dataclasses.fields(TrainConfig):
+        _add_field_flag(recipe, field)
+    model = parser.add_argument_group("model size (ignored with --init; lip crop size and fps come from the data)")
+    for field in dataclasses.fields(ModelConfig):
+        if field.name in MODEL_FLAGS:
+            _add_field_flag(model, field)
+    return parser
+
+
+MODEL_FLAGS = ("embed_dim", "gru_hidden", "gru_layers", "window_frames")  # the rest follows the data and front end
+
+
+def _add_field_flag(group, field) -> None:
+    """A --flag for a config dataclass field, with its default."""
+    flag = "--" + field.name.replace("_", "-")
+    if isinstance(field.default, bool):
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+    else:
+        group.add_argument(flag, type=type(field.default), default=field.default, metavar=field.name.upper(),
+                           help="(default: %(default)s)")
+
+
+def train_main(argv=None) -> int:
+    from .model import ModelConfig
+    from .train import TrainConfig, train
+
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    _setup_logging()
+    values = vars(args)
+    cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)})
+    model_cfg = ModelConfig(**{name: values[name] for name in MODEL_FLAGS})
+    out = args.out or args.data.with_name(args.data.name + "-se4lip-run")
+    if (out / "ckpt.pt").exists() and not args.resume:
+        return _fail(parser.prog, f"{out}: holds a checkpoint; pass --resume to continue it or -o for a new run")
+    try:
+        history = train(args.data, out, cfg, model_cfg, init=args.init, resume=args.resume, device=args.device,
+                        stop_at=args.stop_at)
+    except (OSError, ValueError, weights.WeightsError) as err:
+        return _fail(parser.prog, err)
+    done = (out / "final.safetensors").exists() and history["step"][-1] == cfg.steps
+    accuracy = f", validation sync accuracy {history['val_acc'][-1]:.3f}" if history["val_acc"] else ""
+    print(f"{out}: step {history['step'][-1]} of {cfg.steps}{accuracy}; "
+          + (f"weights in {out / 'final.safetensors'}" if done else "continue with --resume"))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- eval
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="se4lip-eval", description="Measure SE4Lip weights.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sync = sub.add_parser("sync", help="audio-visual offset of each clip (SyncNet-style) and accuracy over the set")
+    sync.add_argument("inputs", nargs="+", type=Path, help="videos, folders of videos, or a prepared dataset folder")
+    sync.add_argument("--weights", help="weights name, .safetensors path or hf:// (default: bundled)")
+    sync.add_argument("--ids", type=Path,
+                      help="with a prepared dataset: a JSON file {'val': [ids]} (a run's split.json) or one id a line")
+    sync.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    sync.add_argument("-o", "--out", type=Path, help="JSON output (default: stdout)")
+    sync.add_argument("--plot", type=Path, help="folder for one distance-vs-shift PNG per clip")
+    return parser
+
+
+def eval_main(argv=None) -> int:
+    args = eval_parser().parse_args(argv)
+    _setup_logging()
+    return {"sync": _eval_sync}[args.command](args)
+
+
+def _eval_sync(args) -> int:
+    import tempfile
+
+    import torch
+    from tqdm import tqdm
+
+    from . import evaluate
+    from .data import PreparedData, prepare_videos
+
+    try:
+        model, info = weights.load(args.weights, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (weights.WeightsError, ValueError) as err:
+        return _fail("se4lip-eval", err)
+    cfg = model.config
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if len(args.inputs) == 1 and (args.inputs[0] / "meta.json").is_file():
+                data = PreparedData(args.inputs[0])
+            else:
+                prepare_videos(_media_files(args.inputs, audio.VIDEO_SUFFIXES), Path(tmp) / "data", fps=cfg.fps,
+                               height=cfg.lip_height, width=cfg.lip_width, scale=cfg.lip_crop_scale, segment_s=None)
+                data = PreparedData(Path(tmp) / "data")
+        except (OSError, ValueError, ImportError) as err:
+            return _fail("se4lip-eval", err)
+        clips = data.clips
+        if args.ids is not None:
+            text = args.ids.read_text()
+            wanted = set(json.loads(text)["val"] if text.lstrip().startswith("{") else text.split())
+            clips = [c for c in clips if c.id in wanted]
+        results = {}
+        for clip in tqdm(clips, desc="sync", unit="clip"):
+            results[clip.id] = evaluate.clip_sync(model, data.clip_audio(clip), data.clip_lips(clip),
+                                                  data.clip_valid(clip), data.fps)
+    report = {"weights": info["name"], "weights_sha256": info["sha256"], "summary": evaluate.sync_summary(
+        list(results.values())), "clips": results}
+    text = json.dumps(report, indent=1)
+    if args.out:
+        args.out.write_text(text + "\n")
+    else:
+        print(text)
+    if args.plot:
+        evaluate.plot_sync(results, args.plot)
+    s = report["summary"]
+    print(f"{s['n_clips']} clips: accuracy {s['accuracy']:.3f} (|offset| <= 1), exact {s['exact_accuracy']:.3f}, "
+          f"mean offset {s['mean_offset']:+.2f} frames", file=sys.stderr)
+    return 0

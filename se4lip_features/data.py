@@ -47,12 +47,12 @@ def _clip_arrays(wav: np.ndarray, frames: np.ndarray, landmarks: np.ndarray, sch
     crops = lips.cut_crops(frames, boxes, height, width)
     kept = landmarks[:, list(scheme.mouth) + list(scheme.eye_corners)].astype(np.float32)
     valid = np.isfinite(kept).all(axis=(1, 2))
-    return wav[: int(round(n / fps * SAMPLE_RATE))], crops, kept, valid
+    return wav[: round(n / fps * SAMPLE_RATE)], crops, kept, valid
 
 
 def _segment_frames(segment_s: float | None, fps: float) -> int:
     """Frames per clip when videos are cut for the train/validation split; None keeps videos whole."""
-    return 2**62 if segment_s is None else max(1, int(round(segment_s * fps)))
+    return 2**62 if segment_s is None else max(1, round(segment_s * fps))
 
 
 class _Writer:
@@ -60,9 +60,9 @@ class _Writer:
 
     def __init__(self, out: Path, scheme, height, width, scale, fps):
         self.out, self.scheme = out, scheme
-        self.meta = dict(format=FORMAT_VERSION, fps=fps, lip_height=height, lip_width=width, lip_crop_scale=scale,
-                         landmarks=scheme.name, gap=list(scheme.gap), clips=[])
-        self.parts = dict(audio=[], lips=[], landmarks=[], valid=[])
+        self.meta = {"format": FORMAT_VERSION, "fps": fps, "lip_height": height, "lip_width": width,
+                     "lip_crop_scale": scale, "landmarks": scheme.name, "gap": list(scheme.gap), "clips": []}
+        self.parts = {"audio": [], "lips": [], "landmarks": [], "valid": []}
         self.n_frames = self.n_samples = 0
 
     def add(self, clip_id, wav, crops, landmarks, valid, segment_frames: int):
@@ -70,7 +70,7 @@ class _Writer:
         fps = self.meta["fps"]
         for k in range(0, len(crops), segment_frames):
             end = min(k + segment_frames, len(crops))
-            a, b = int(round(k / fps * SAMPLE_RATE)), int(round(end / fps * SAMPLE_RATE))
+            a, b = round(k / fps * SAMPLE_RATE), round(end / fps * SAMPLE_RATE)
             seg_id = clip_id if end - k == len(crops) else f"{clip_id}@{k}"
             self.meta["clips"].append(Clip(seg_id, self.n_frames, end - k, self.n_samples, b - a,
                                            int((~valid[k:end]).sum())).__dict__)

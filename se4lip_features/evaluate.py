@@ -75,7 +75,7 @@ def clip_sync(model, wav: np.ndarray, lips: np.ndarray, valid: np.ndarray, fps: 
         "distances": [round(float(d), 5) for d in mean],
         "frame_exact": float(np.mean(own == 0)),
         "frame_within1": float(np.mean(np.abs(own) <= 1)),
-        "n_windows": int(len(centres)),
+        "n_windows": len(centres),
     }
 
 

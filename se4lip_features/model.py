@@ -41,7 +41,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
+    def from_dict(cls, values: dict) -> ModelConfig:
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
@@ -94,7 +94,7 @@ class LipEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         c = 3 * cfg.window_frames
-        r = dict(residual=True)
+        r = {"residual": True}
         self.net = nn.Sequential(
             ConvBlock(c, 32, 7, 1, 3),
             ConvBlock(32, 64, 5, (1, 2), 1),

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from . import audio, evaluate, weights
 from .data import Clip, PreparedData
 from .loss import pair_losses
-from .model import SE4Lip, ModelConfig
+from .model import ModelConfig, SE4Lip
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ def _init_distributed():
     return (dist.get_rank() if world > 1 else 0), world
 
 
-def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfig(),
-          model_cfg: ModelConfig = ModelConfig(), *, init: str | None = None, resume: bool = False,
+def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None,
+          model_cfg: ModelConfig | None = None, *, init: str | None = None, resume: bool = False,
           device: str | None = None, stop_at: int | None = None, progress: bool = True) -> dict:
     """Train (or fine-tune from ``init`` weights) and write ``out_dir/{ckpt.pt,final.safetensors,history.json}``.
 
@@ -146,10 +146,11 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainCon
     """
     from tqdm import tqdm
 
+    cfg, model_cfg = cfg or TrainConfig(), model_cfg or ModelConfig()
     rank, world = _init_distributed()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "ckpt.pt"
@@ -162,7 +163,9 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainCon
         model, info = weights.load(init)
         model_cfg = model.config
         log.info("fine-tuning from %s (%s)", info["name"], info["sha256"][:12])
-    else:
+    else:  # the lip crops and frame rate are the data's
+        model_cfg = dataclasses.replace(model_cfg, fps=data.fps, lip_height=data.meta["lip_height"],
+                                        lip_width=data.meta["lip_width"], lip_crop_scale=data.meta["lip_crop_scale"])
         model = SE4Lip(model_cfg)
         mean, std = spectrogram_stats(data, train_clips, model_cfg.n_stft_frames)
         model.speech.spec_mean.copy_(mean)

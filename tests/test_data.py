@@ -7,36 +7,9 @@ import av
 import numpy as np
 import pytest
 import soundfile
+from conftest import CLIPS, GRID, prepare_grid
 
 from se4lip_features import audio, data, lips
-
-GRID = Path(__file__).parent / "data" / "grid"
-CLIPS = ("bbaf2n", "bbaf3s")
-
-
-class ReplayDetector:
-    """Landmarks recorded once with mediapipe (tests/data/grid/*_mediapipe.npy), so no detector is needed."""
-
-    scheme = lips.MEDIAPIPE
-
-    def __init__(self, no_face=()):
-        self.calls, self.no_face = 0, set(no_face)
-
-    def __call__(self, frames):
-        recorded = np.load(GRID / f"{CLIPS[self.calls]}_mediapipe.npy")  # (n, 42, 2): mouth then eye corners
-        out = np.full((len(frames), 468, 2), np.nan, np.float32)
-        out[:, list(self.scheme.mouth) + list(self.scheme.eye_corners)] = recorded[: len(frames)]
-        out[sorted(self.no_face)] = np.nan
-        self.calls += 1
-        return out
-
-    def close(self):
-        pass
-
-
-def prepare_grid(out, **kw):
-    return data.prepare_videos([GRID / f"{c}.mp4" for c in CLIPS], out, detector=ReplayDetector(no_face=[10, 11]),
-                               progress=False, **kw)
 
 
 def test_read_video_resamples_by_time(tmp_path):
@@ -60,7 +33,7 @@ def test_prepare_videos_aligns_audio_frames_and_counts_dropped(tmp_path):
         assert clip.n_dropped == 2
         assert not ds.clip_valid(clip)[10:12].any() and ds.clip_valid(clip)[12:].all()
         assert (ds.clip_lips(clip)[10:12] == 0).all()  # never guessed: frames without a face are blank
-    wav, sr = audio.load_audio(GRID / "bbaf2n.mp4")
+    wav, _sr = audio.load_audio(GRID / "bbaf2n.mp4")
     np.testing.assert_allclose(ds.clip_audio(ds.clips[0]), wav[:48000], atol=1e-6)
     assert meta["landmarks"] == "mediapipe468" and meta["lip_crop_scale"] == 1.2
 

@@ -21,13 +21,9 @@ TINY = TrainConfig(steps=4, clips_per_batch=2, lip_span=4, speech_margin=3, warm
                    val_every=2, ckpt_every_s=0.0, bf16=False)
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from test_data import prepare_grid
-
-    root = tmp_path_factory.mktemp("data") / "grid"
-    prepare_grid(root, segment_s=1.0)  # 6 clips of 25 frames
-    return root
+@pytest.fixture
+def dataset(grid_dataset):
+    return grid_dataset
 
 
 def test_cosine_bce_is_eq6_on_rescaled_cosine():
@@ -128,7 +124,7 @@ def test_distributed_two_processes(dataset, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(tmp_path / "job.py"), str(dataset), str(tmp_path / "ddp")],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=False)
     assert state["step"] == 4 and len(state["rng"]) == 2 and state["rng"][0] != state["rng"][1]
@@ -170,3 +166,48 @@ def test_clip_sync_finds_a_known_shift(monkeypatch):
     summary = evaluate.sync_summary([{"offset": o, "confidence": 1.0, "frame_exact": 0.5, "frame_within1": 1.0}
                                      for o in (0, 1, -1, 4)])
     assert summary["accuracy"] == 0.75 and summary["exact_accuracy"] == 0.25 and summary["mean_offset"] == 1.0
+
+
+def test_prepare_train_eval_commands(dataset, tmp_path, capsys):
+    from test_data import _renderer_folder
+
+    from se4lip_features.cli import eval_main, prepare_main, train_main
+
+    _renderer_folder(tmp_path / "May")
+    assert prepare_main([str(tmp_path / "May"), "-o", str(tmp_path / "prep"), "--segment", "0.4"]) == 0
+    assert "2 clips, 20 frames, 1 without a face" in capsys.readouterr().out
+    assert prepare_main([str(tmp_path / "May"), "-o", str(tmp_path / "prep")]) == 1
+    assert "exists (use --force" in capsys.readouterr().err
+
+    run = tmp_path / "run"
+    flags = ["--steps", "2", "--clips-per-batch", "2", "--lip-span", "4", "--speech-margin", "3", "--val-clips", "2",
+             "--val-every", "2", "--no-bf16", "--gru-hidden", "16", "--gru-layers", "2", "--embed-dim", "32"]
+    assert train_main([str(dataset), "-o", str(run), *flags, "--stop-at", "1"]) == 0
+    assert "step 1 of 2" in capsys.readouterr().out and not (run / "final.safetensors").exists()
+    assert train_main([str(dataset), "-o", str(run), *flags]) == 1
+    assert "pass --resume" in capsys.readouterr().err
+    assert train_main([str(dataset), "-o", str(run), *flags, "--resume"]) == 0
+    assert f"weights in {run / 'final.safetensors'}" in capsys.readouterr().out
+
+    out = tmp_path / "sync.json"
+    assert eval_main(["sync", str(dataset), "--weights", str(run / "final.safetensors"), "--ids",
+                      str(run / "split.json"), "-o", str(out), "--plot", str(tmp_path / "plots")]) == 0
+    report = json.loads(out.read_text())
+    val = json.loads((run / "split.json").read_text())["val"]
+    assert sorted(report["clips"]) == sorted(val) and report["summary"]["n_clips"] == 2
+    assert set(report["summary"]) >= {"accuracy", "exact_accuracy", "mean_offset", "frame_exact", "frame_within1"}
+    assert len(report["clips"][val[0]]["distances"]) == 31
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f"{v}.png" for v in val)
+    assert eval_main(["sync", str(tmp_path / "nothing.mp4"), "--weights", str(run / "final.safetensors")]) == 1
+    assert "nothing.mp4: no such file or folder" in capsys.readouterr().err
+
+
+def test_eval_sync_on_a_video(tmp_path, capsys, tiny_weights):
+    pytest.importorskip("mediapipe")
+    from conftest import GRID
+
+    from se4lip_features.cli import eval_main
+
+    assert eval_main(["sync", str(GRID / "bbaf2n.mp4"), "--weights", str(tiny_weights)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["clips"]) == ["bbaf2n"] and report["clips"]["bbaf2n"]["n_windows"] == 71
