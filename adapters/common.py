@@ -1,0 +1,283 @@
+"""What both renderers share: SE4Lip feature files, their sidecars, frame counts and the checkpoint guard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("se4lip_features.adapters")
+
+FEATURE = "se4lip"  # the value of --audio_feature / --asr_model / --audio_extractor that selects SE4Lip
+SELF_FEATURES = "aud_se4lip.npy"  # self-driven features, beside the renderers' aud_ds.npy / aud_hu.npy
+SOURCE_WAV = "aud.wav"  # the renderers' data_utils/process.py writes the training video's audio here
+RENDER_FPS = 25.0  # both renderers read 25 fps video and write 25 fps results
+MAX_WINDOW = 16  # AudioNet.forward keeps the first 16 steps of the window axis and drops the rest
+FRAME_SLACK = 1  # feature rows may differ from video frames by one (audio and video lengths round apart)
+TRANSFORMS = ("transforms_train.json", "transforms_val.json")  # together they list every video frame
+# The renderers' own features, by the input width of AudioNet's first conv (renderers.md §3.4).
+NATIVE_DIMS = {29: "deepspeech", 44: "esperanto", 1024: "hubert"}
+# Persistent buffer on an SE4Lip-fed AudioNet: the SHA-256 of the weights that made its training features.
+TAG = "se4lip_weights_sha256"
+
+
+class FeatureError(ValueError):
+    """A feature file that the renderer cannot use, or that does not belong with the trained avatar."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint whose audio network was trained on a different feature type than the model's."""
+
+
+def use_console_logging() -> None:
+    """Show this package's INFO messages on stderr when the renderer script has not configured logging.
+
+    Called from the renderers' argument parsing (our entry point in their scripts), so a message such as
+    "extracting aud_se4lip.npy" is seen rather than dropped by Python's last-resort handler.
+    """
+    pkg = logging.getLogger("se4lip_features")
+    if logging.getLogger().handlers or pkg.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[se4lip] %(levelname)s %(message)s"))
+    pkg.addHandler(handler)
+    pkg.setLevel(logging.INFO)
+
+
+def self_features(root: str | Path) -> Path:
+    """``<root>/aud_se4lip.npy``, extracted from ``<root>/aud.wav`` with the default weights if missing."""
+    root = Path(root)
+    npy = root / SELF_FEATURES
+    if npy.exists():
+        return npy
+    wav = root / SOURCE_WAV
+    if not wav.exists():
+        raise FileNotFoundError(
+            f"{npy}: not found, and neither is {wav} to extract it from; run the renderer's "
+            f"data_utils/process.py on the training video first, or write it with "
+            f"`se4lip-extract VIDEO_OR_WAV -o {npy}`"
+        )
+    from se4lip_features.extract import extract_file
+
+    log.info("%s not found: extracting it from %s with the default SE4Lip weights "
+             "(same as `se4lip-extract %s -o %s`)", npy, wav, wav, npy)
+    # force: a sidecar left without its .npy describes nothing and may be overwritten
+    meta = extract_file(wav, npy, fps=RENDER_FPS, force=True)
+    log.info("wrote %s: %d frames x %d x %d, weights %s", npy, meta["n_frames"], meta["window"], meta["dim"],
+             meta["weights"])
+    return npy
+
+
+def check_meta(meta: dict, where: str | Path) -> None:
+    """Refuse sidecars of features the renderers cannot read: not 25 fps, or a window wider than 16."""
+    if float(meta["fps"]) != RENDER_FPS:
+        raise FeatureError(f"{where}: features at {meta['fps']:g} fps, but the renderers run at "
+                           f"{RENDER_FPS:g} fps; re-extract with `se4lip-extract ... --fps 25`")
+    if not 1 <= int(meta["window"]) <= MAX_WINDOW:
+        raise FeatureError(f"{where}: window of {meta['window']} steps; the renderers' AudioNet reads at most "
+                           f"{MAX_WINDOW} (layouts ds, hubert and ave fit)")
+
+
+def read_features(npy: str | Path) -> tuple[np.ndarray, dict]:
+    """A feature file and its sidecar, checked against each other.
+
+    Returns
+    -------
+    feats : np.ndarray float32 (n_frames, window, dim), as ``se4lip-extract`` wrote it
+    meta : the sidecar dict (``dim``, ``layout``, ``window``, ``fps``, ``n_frames``, ``weights``, ...)
+    """
+    from se4lip_features.extract import read_sidecar
+
+    meta = read_sidecar(npy)
+    check_meta(meta, npy)
+    feats = np.load(npy, allow_pickle=False)
+    expected = (int(meta["n_frames"]), int(meta["window"]), int(meta["dim"]))
+    if feats.shape != expected:
+        raise FeatureError(f"{npy}: array of shape {feats.shape}, but its sidecar describes {expected} "
+                           "(frames, window, dim); the two files do not belong together")
+    if not np.issubdtype(feats.dtype, np.floating) or not np.isfinite(feats).all():
+        raise FeatureError(f"{npy}: features must be finite floats (dtype {feats.dtype})")
+    return feats.astype(np.float32, copy=False), meta
+
+
+def self_meta(root: str | Path) -> dict:
+    """The sidecar of the self-driven features, which fixes the avatar's feature type (extracting if needed)."""
+    from se4lip_features.extract import read_sidecar
+
+    npy = self_features(root)
+    meta = read_sidecar(npy)
+    check_meta(meta, npy)
+    return meta
+
+
+def video_frame_count(root: str | Path, id_key: str) -> int:
+    """Frames of the training video: one more than the largest ``id_key`` in the train and val transforms."""
+    root = Path(root)
+    ids = []
+    for name in TRANSFORMS:
+        path = root / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: not found; SE4Lip features are checked against the frames listed "
+                                    f"in {' and '.join(TRANSFORMS)}")
+        frames = json.loads(path.read_text())["frames"]
+        ids.extend(int(frame[id_key]) for frame in frames)
+    if not ids:
+        raise FeatureError(f"{root}: {' and '.join(TRANSFORMS)} list no frames")
+    return max(ids) + 1
+
+
+def check_frame_count(n_rows: int, n_frames: int, npy: str | Path, root: str | Path) -> None:
+    """Refuse features whose row count is more than one away from the number of video frames."""
+    if abs(n_rows - n_frames) > FRAME_SLACK:
+        raise FeatureError(
+            f"{npy}: {n_rows} feature rows for {n_frames} video frames (from {' and '.join(TRANSFORMS)} in "
+            f"{root}); they may differ by at most {FRAME_SLACK}. Re-extract from this video's audio: "
+            f"`se4lip-extract {Path(root) / SOURCE_WAV} -o {npy} --force`"
+        )
+
+
+def check_same_features(meta: dict, reference: dict, where: str | Path, ref_where: str | Path) -> None:
+    """Refuse test-time features that differ from the avatar's training features in type or weights."""
+    for key in ("dim", "layout", "window"):
+        if meta[key] != reference[key]:
+            raise FeatureError(f"{where}: {key} {meta[key]!r}, but the avatar's features ({ref_where}) have "
+                               f"{key} {reference[key]!r}; extract the test audio the same way")
+    if meta["weights_sha256"] != reference["weights_sha256"]:
+        raise FeatureError(
+            f"{where}: made with weights {meta['weights']} ({meta['weights_sha256'][:12]}), but the avatar's "
+            f"features ({ref_where}) come from {reference['weights']} ({reference['weights_sha256'][:12]}); "
+            "extract the test audio with the same weights (se4lip-extract --weights)"
+        )
+
+
+def extract_like(audio_path: str | Path, reference: dict) -> np.ndarray:
+    """Extract features from an audio file on the fly, with the weights and layout of ``reference``.
+
+    Returns
+    -------
+    np.ndarray float32 (n_frames, window, dim), 25 fps
+    """
+    from se4lip_features import audio, weights
+    from se4lip_features.extract import load
+
+    audio_path = Path(audio_path)
+    if not audio_path.exists():
+        raise FileNotFoundError(f"{audio_path}: no such audio file")
+    try:
+        weights.resolve(reference["weights"])
+        name = reference["weights"]
+    except weights.WeightsError:  # a local .safetensors recorded by its stem: the default weights may match
+        name = None
+    extractor = load(name)
+    if extractor.sha256 != reference["weights_sha256"]:
+        raise FeatureError(
+            f"{audio_path}: the avatar was trained on features from weights {reference['weights']} "
+            f"({reference['weights_sha256'][:12]}), which are not installed here ({extractor.name} is "
+            f"{extractor.sha256[:12]}); extract it yourself with `se4lip-extract {audio_path} -o FEATS.npy "
+            "--weights PATH_TO_THOSE.safetensors` and pass FEATS.npy"
+        )
+    log.info("extracting SE4Lip features from %s (weights %s, layout %s)", audio_path, extractor.name,
+             reference["layout"])
+    wav, sr = audio.load_audio(audio_path)
+    return extractor.extract(wav, sr, fps=RENDER_FPS, layout=reference["layout"], name=str(audio_path))
+
+
+def load_features(root: str | Path, aud: str | Path | None, id_key: str) -> np.ndarray:
+    """The features a renderer's data loader should use in place of its own ``np.load``.
+
+    Parameters
+    ----------
+    root : the renderer's data directory (``aud.wav``, ``transforms_*.json``, ``aud_se4lip.npy``)
+    aud : None or "" for self-driven; else the test audio: a ``.npy`` from ``se4lip-extract`` (with its
+        sidecar) or an audio file such as ``.wav``, extracted on the fly
+    id_key : the transforms key the renderer indexes features with ("aud_id" or "img_id")
+
+    Returns
+    -------
+    np.ndarray float32 (n_frames, window, dim), on the CPU like the renderers' ``np.load``; the renderer
+    moves it to its device
+    """
+    from se4lip_features.audio import AUDIO_SUFFIXES
+
+    root = Path(root)
+    npy = self_features(root)
+    feats, meta = read_features(npy)
+    if not aud:
+        check_frame_count(len(feats), video_frame_count(root, id_key), npy, root)
+        log.info("self-driven SE4Lip features %s: %s", npy, feats.shape)
+        return feats
+    aud = Path(aud)
+    if aud.suffix.lower() == ".npy":
+        cross, cross_meta = read_features(aud)
+        check_same_features(cross_meta, meta, aud, npy)
+    elif aud.suffix.lower() in AUDIO_SUFFIXES:
+        cross = extract_like(aud, meta)
+    else:
+        raise FeatureError(f"{aud}: test audio must be a .npy written by se4lip-extract or an audio file "
+                           f"({', '.join(sorted(AUDIO_SUFFIXES))})")
+    log.info("cross-driven SE4Lip features from %s: %s", aud, cross.shape)
+    return cross
+
+
+def describe(state: dict) -> str:
+    """What features an AudioNet state dict (keys without the module prefix) was trained on, in words."""
+    conv = state.get("encoder_conv.0.weight")  # (32, dim, 3): AudioNet
+    mlp = state.get("encoder_fc1.0.weight")  # (256, 512) without a conv: SyncTalk's AudioNet_ave
+    if TAG in state:
+        sha = bytes(state[TAG].tolist()).hex()
+        dim = conv.shape[1] if conv is not None else "?"
+        return f"{dim}-dim {FEATURE} features from weights {sha[:12]}"
+    if conv is not None:
+        dim = conv.shape[1]
+        return f"{dim}-dim {NATIVE_DIMS[dim]} features" if dim in NATIVE_DIMS else f"{dim}-dim features"
+    if mlp is not None:
+        return f"{mlp.shape[1]}-dim ave features (SyncTalk's audio-visual encoder)"
+    return "features of an unknown type"
+
+
+def guard_audio_net(audio_net, reference: dict | None, flag: str, features: str | Path | None = None) -> None:
+    """Make ``audio_net`` refuse, with a clear message, state dicts trained on another feature type.
+
+    The check runs whenever a parent module's ``load_state_dict`` reaches this AudioNet, whichever script
+    calls it, before torch would report a size mismatch (which it does even with ``strict=False``).
+    SE4Lip-fed networks carry a buffer with the SHA-256 of the weights that made their features, so a
+    checkpoint is also refused when the data directory's features come from other weights.
+
+    Parameters
+    ----------
+    audio_net : torch.nn.Module, the renderer's AudioNet (or SyncTalk's AudioNet_ave)
+    reference : the sidecar of the avatar's SE4Lip features, or None when it uses the renderer's own
+    flag : the renderer's feature option, for the message ("--asr_model" or "--audio_extractor")
+    features : the SE4Lip feature file ``reference`` describes, for the message
+    """
+    import torch
+
+    if reference is not None:
+        sha = bytes.fromhex(reference["weights_sha256"])
+        audio_net.register_buffer(TAG, torch.tensor(list(sha), dtype=torch.uint8))
+
+    def check(state_dict, prefix, *_):
+        incoming = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if not incoming:
+            return
+        own = audio_net.state_dict()
+        same = incoming.keys() == own.keys() and all(incoming[k].shape == own[k].shape for k in own)
+        if same and TAG in own:
+            same = torch.equal(incoming[TAG].cpu(), own[TAG].cpu())
+        if same:
+            return
+        if TAG in incoming and TAG in own:
+            hint = (f"{features} comes from other weights than the features this model was trained on; "
+                    "re-extract it with the training weights (se4lip-extract --weights ... --force)")
+        elif TAG in incoming:
+            hint = f"it was trained with SE4Lip features: pass --audio_feature {FEATURE}"
+        else:
+            hint = f"pass the {flag} value it was trained with"
+        raise CheckpointError(f"this checkpoint's audio network was trained on {describe(incoming)}, but this "
+                              f"model is built for {describe(own)}; {hint}")
+
+    # the private form: torch 1.12, which both renderers pin, has no public register_load_state_dict_pre_hook
+    audio_net._register_load_state_dict_pre_hook(check)

@@ -1,0 +1,518 @@
+"""Renderer adapters: se4lip-patch on fixture checkouts, and the inserted code run on the CPU with torch.
+
+The fixture checkouts (tests/fixtures/renderers) are our own minimal files holding only the anchor lines
+the patcher relies on; the real SyncTalk and TalkingGaussian are never needed here.
+"""
+
+import argparse
+import ast
+import importlib
+import json
+import logging
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from se4lip_features import weights
+from se4lip_features.adapters import common, patch, synctalk, talkinggaussian
+from se4lip_features.adapters.common import CheckpointError, FeatureError
+from se4lip_features.extract import extract_file, sidecar_path
+from se4lip_features.model import ModelConfig, SE4Lip
+
+FIXTURES = Path(__file__).parent / "fixtures" / "renderers"
+REPO = Path(__file__).resolve().parent.parent
+N_FRAMES = 30  # 1.2 s at 25 fps; transforms_train lists frames 0-26, transforms_val 27-29
+N_TRAIN = 27
+DIM = 24  # the tiny test weights' embedding size
+CHECKOUT_MODULES = ("nerf_triplane", "arguments", "scene")
+
+
+# -- fixtures ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """Two tiny random SE4Lip weight files with the same dim, and one with another dim."""
+    root = tmp_path_factory.mktemp("weights")
+    paths = {}
+    for seed, (name, dim) in enumerate((("tiny", DIM), ("other", DIM), ("wide", 40))):
+        torch.manual_seed(seed)
+        paths[name] = root / f"{name}.safetensors"
+        weights.save(SE4Lip(ModelConfig(gru_hidden=8, gru_layers=1, embed_dim=dim)), paths[name])
+    return paths
+
+
+@pytest.fixture
+def default_weights(monkeypatch, tiny_weights):
+    """Make the tiny weights the package default (no released weights are bundled in the test env)."""
+    monkeypatch.setattr(weights, "DEFAULT_NAME", str(tiny_weights["tiny"]))
+    return tiny_weights
+
+
+def write_wav(path, seconds):
+    t = np.arange(int(seconds * 16000)) / 16000
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
+
+
+@pytest.fixture(scope="module")
+def data_template(tmp_path_factory):
+    """A processed data directory: aud.wav, and transforms listing N_FRAMES frames (no features yet)."""
+    root = tmp_path_factory.mktemp("data")
+    write_wav(root / "aud.wav", N_FRAMES / 25)
+    for split, ids in (("train", range(N_TRAIN)), ("val", range(N_TRAIN, N_FRAMES))):
+        frames = [{"img_id": i, "aud_id": i} for i in ids]
+        (root / f"transforms_{split}.json").write_text(json.dumps({"frames": frames}))
+    return root
+
+
+@pytest.fixture
+def data(tmp_path, data_template):
+    return Path(shutil.copytree(data_template, tmp_path / "data"))
+
+
+def write_features(npy, feats, **meta):
+    """A feature file with a sidecar as se4lip-extract writes them; ``meta`` overrides sidecar keys."""
+    np.save(npy, feats)
+    side = {"dim": feats.shape[2], "layout": "ds", "window": feats.shape[1], "fps": 25.0,
+            "n_frames": feats.shape[0], "weights": "tiny", "weights_sha256": "ab" * 32, "version": "0"}
+    side.update(meta)
+    sidecar_path(npy).write_text(json.dumps(side))
+
+
+def copy_checkout(renderer, dest, eol="\n"):
+    """A fixture checkout, with its line endings converted to ``eol``."""
+    shutil.copytree(FIXTURES / renderer, dest)
+    for path in dest.rglob("*.py"):
+        path.write_bytes(path.read_bytes().replace(b"\n", eol.encode()))
+    return dest
+
+
+def snapshot(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def checkout(tmp_path, monkeypatch):
+    """Patch a fixture checkout and import its modules (fresh, and forgotten after the test)."""
+    def drop():
+        for name in list(sys.modules):
+            if name.split(".")[0] in CHECKOUT_MODULES:
+                del sys.modules[name]
+
+    def make(renderer):
+        root = copy_checkout(renderer, tmp_path / renderer)
+        assert patch.main([renderer, str(root)]) == 0
+        drop()
+        monkeypatch.syspath_prepend(str(root))
+        return root
+
+    yield make
+    drop()
+
+
+def synctalk_opt(data, **kw):
+    values = {"path": str(data), "aud": "", "asr": False, "emb": False, "preload": 0, "asr_model": "se4lip"}
+    values.update(kw)
+    return argparse.Namespace(**values)
+
+
+# -- the patcher ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize("renderer", sorted(patch.RENDERERS))
+def test_patch_check_repatch_revert_restores_bytes(tmp_path, renderer, eol, capsys):
+    root = copy_checkout(renderer, tmp_path / renderer, eol)
+    original = snapshot(root)
+    assert patch.main([renderer, str(root), "--check"]) == 1
+    assert capsys.readouterr().out.rstrip().endswith("not patched")
+
+    assert patch.main([renderer, str(root)]) == 0
+    patched = snapshot(root)
+    changed = {rel for rel in original if patched[rel] != original[rel]}
+    assert changed == {edit.path for edit in patch.RENDERERS[renderer].edits}
+    n_new = sum(isinstance(item, patch.New) for edit in patch.RENDERERS[renderer].edits for item in edit.patched)
+    marked = 0
+    for rel in changed:
+        text = patched[rel].decode()
+        ast.parse(text, rel)
+        assert text.count("\n") == text.count(eol)  # every line, inserted ones included, ends in eol
+        marked += sum(line.endswith(patch.MARK) for line in text.splitlines())
+        if not rel.endswith("dataset_readers.py"):  # the file with a rewritten line; the rest only gain lines
+            kept = [line for line in text.splitlines(keepends=True) if not line.rstrip().endswith(patch.MARK)]
+            assert "".join(kept) == original[rel].decode()
+    swaps = sum(isinstance(item, patch.Swap) for edit in patch.RENDERERS[renderer].edits for item in edit.patched)
+    assert marked == n_new + swaps  # ...and the one rewritten line, all marked
+
+    capsys.readouterr()
+    assert patch.main([renderer, str(root), "--check"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(": patched")
+    assert patch.main([renderer, str(root)]) == 0  # idempotent
+    assert "already patched" in capsys.readouterr().out
+    assert snapshot(root) == patched
+
+    assert patch.main([renderer, str(root), "--revert"]) == 0
+    assert snapshot(root) == original  # byte for byte
+    assert patch.main([renderer, str(root), "--revert"]) == 0
+    assert snapshot(root) == original
+
+
+def test_dry_run_prints_the_diff_and_writes_nothing(tmp_path, capsys):
+    root = copy_checkout("synctalk", tmp_path / "st")
+    original = snapshot(root)
+    assert patch.main(["synctalk", str(root), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "--- a/main.py" in out and "+++ b/nerf_triplane/provider.py" in out
+    assert "+                elif self.opt.asr_model == 'se4lip':  # se4lip-patch" in out
+    assert snapshot(root) == original
+    assert patch.main(["synctalk", str(root)]) == 0
+    patched = snapshot(root)
+    assert patch.main(["synctalk", str(root), "--revert", "--dry-run"]) == 0
+    assert "-    se4lip_synctalk.add_arguments(parser)  # se4lip-patch" in capsys.readouterr().out
+    assert snapshot(root) == patched
+
+
+def test_missing_anchor_refuses_naming_the_file_and_changes_nothing(tmp_path, capsys):
+    root = copy_checkout("talkinggaussian", tmp_path / "tg")
+    reader = root / "scene" / "dataset_readers.py"  # the last file the patcher visits
+    reader.write_text(reader.read_text().replace("        if audio_file == '':", "        if not audio_file:"))
+    original = snapshot(root)
+    assert patch.main(["talkinggaussian", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert f"{reader}: cannot find the self-driven feature load in readCamerasFromTransforms" in err
+    assert "    if audio_file == '':" in err and "Nothing was changed" in err
+    assert snapshot(root) == original  # arguments/ and motion_net.py were not written either
+
+
+def test_ambiguous_anchor_and_missing_file_refuse(tmp_path, capsys):
+    root = copy_checkout("synctalk", tmp_path / "st")
+    main_py = root / "main.py"
+    line = "    parser.add_argument('--asr_model', type=str, default='deepspeech')\n"
+    main_py.write_text(main_py.read_text().replace(line, line + line))
+    assert patch.main(["synctalk", str(root)]) == 1
+    assert "the --asr_model argument: found 2 times, expected once" in capsys.readouterr().err
+    main_py.unlink()
+    assert patch.main(["synctalk", str(root)]) == 1
+    assert f"{main_py}: not found" in capsys.readouterr().err
+    assert patch.main(["synctalk", str(tmp_path / "nowhere")]) == 1
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_stray_marked_lines_refuse_patch_and_revert(tmp_path, capsys):
+    root = copy_checkout("synctalk", tmp_path / "st")
+    assert patch.main(["synctalk", str(root)]) == 0
+    network = root / "nerf_triplane" / "network.py"
+    lines = network.read_text().splitlines(keepends=True)
+    network.write_text("".join(line for line in lines if "feature_dim" not in line))  # a hand edit
+    before = snapshot(root)
+    for extra in ([], ["--revert"]):
+        assert patch.main(["synctalk", str(root), *extra]) == 1
+        assert "are not edits of this version of se4lip-patch" in capsys.readouterr().err
+    assert snapshot(root) == before
+
+
+def test_split_lines_round_trips_any_endings():
+    text = "a\r\nb\n\nc\r\nlast"
+    lines = patch.split_lines(text)
+    assert lines == [("a", "\r\n"), ("b", "\n"), ("", "\n"), ("c", "\r\n"), ("last", "")]
+    assert patch.join_lines(lines) == text
+    assert patch.newline_of(lines) == "\n"  # 2 CRLF of 5 lines
+    assert patch.split_lines("") == []
+
+
+def test_verified_commits_are_recorded(capsys):
+    assert patch.SYNCTALK.commit.startswith("d2427a3") and patch.SYNCTALK.repo == "ZiqiaoPeng/SyncTalk"
+    assert patch.TALKINGGAUSSIAN.commit.startswith("9bd34f7")
+    assert patch.TALKINGGAUSSIAN.repo == "Fictionarry/TalkingGaussian"
+    with pytest.raises(SystemExit):
+        patch.main(["--help"])
+    out = capsys.readouterr().out
+    assert "ZiqiaoPeng/SyncTalk@d2427a3" in out and "Fictionarry/TalkingGaussian@9bd34f7" in out
+
+
+def test_command_line_runs_as_a_program(tmp_path):
+    root = copy_checkout("talkinggaussian", tmp_path / "tg")
+    exe = shutil.which("se4lip-patch")  # the console script, once the package is installed
+    cmd = [exe] if exe else [sys.executable, "-m", "se4lip_features.adapters.patch"]
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([*cmd, "talkinggaussian", str(root)], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([*cmd, "talkinggaussian", str(root), "--check"], capture_output=True, text=True, env=env,
+                          check=False)
+    assert done.returncode == 0 and done.stdout.rstrip().endswith(": patched")
+
+
+# -- shared feature logic ------------------------------------------------------------------------------
+
+def test_read_features_checks_the_sidecar(tmp_path):
+    npy = tmp_path / "f.npy"
+    feats = np.ones((5, 16, DIM), np.float32)
+    write_features(npy, feats)
+    out, meta = common.read_features(npy)
+    assert out.shape == (5, 16, DIM) and out.dtype == np.float32 and meta["dim"] == DIM
+    write_features(npy, feats, n_frames=6)
+    with pytest.raises(FeatureError, match=r"shape \(5, 16, 24\), but its sidecar describes \(6, 16, 24\)"):
+        common.read_features(npy)
+    write_features(npy, feats, fps=50.0)
+    with pytest.raises(FeatureError, match="50 fps"):
+        common.read_features(npy)
+    write_features(npy, np.ones((5, 32, DIM), np.float32))
+    with pytest.raises(FeatureError, match="window of 32 steps"):
+        common.read_features(npy)
+    feats[2, 3, 4] = np.nan
+    write_features(npy, feats)
+    with pytest.raises(FeatureError, match="finite"):
+        common.read_features(npy)
+    sidecar_path(npy).unlink()
+    with pytest.raises(FileNotFoundError, match="f.json"):
+        common.read_features(npy)
+
+
+def test_missing_features_and_wav_name_both_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"aud_se4lip.npy: not found, and neither is .*aud.wav"):
+        common.self_features(tmp_path)
+
+
+def test_feature_flag_detection_and_saved_feature():
+    names = talkinggaussian._names_feature_flag
+    assert names(["--audio_extractor", "x"]) and names(["--audio_feature=se4lip"]) and names(["--audio_ext", "x"])
+    assert not names(["--audio", "test.npy", "-s", "data"])  # --audio is the test audio, not the feature
+    merged = {"audio_extractor": "deepspeech", "model_path": "out"}
+    talkinggaussian.keep_saved_feature(merged, {"audio_extractor": "se4lip"}, ["-m", "out"])
+    assert merged["audio_extractor"] == "se4lip"
+    merged = {"audio_extractor": "deepspeech"}
+    talkinggaussian.keep_saved_feature(merged, {"audio_extractor": "se4lip"}, ["--audio_extractor", "deepspeech"])
+    assert merged["audio_extractor"] == "deepspeech"
+    merged = {"audio_extractor": "deepspeech"}
+    talkinggaussian.keep_saved_feature(merged, {}, [])  # no cfg_args
+    assert merged["audio_extractor"] == "deepspeech"
+
+
+# -- SyncTalk, patched -------------------------------------------------------------------------------
+
+def test_synctalk_main_accepts_audio_feature(checkout, data, monkeypatch):
+    root = checkout("synctalk")
+
+    def parse(*argv):
+        monkeypatch.setattr(sys, "argv", ["main.py", str(data), *argv])
+        return runpy.run_path(str(root / "main.py"), run_name="__main__")["opt"]
+
+    assert parse("--audio_feature", "se4lip").asr_model == "se4lip"
+    assert parse("--asr_model", "se4lip").asr_model == "se4lip"  # se4lip is a value of the native flag too
+    assert parse("--audio_feature", "hubert").asr_model == "hubert"
+    assert parse().asr_model == "deepspeech"
+    with pytest.raises(SystemExit):
+        parse("--audio_feature", "se4Lip")
+
+
+def test_synctalk_self_driven_extracts_and_sizes_the_network(checkout, data, default_weights, caplog):
+    checkout("synctalk")
+    network = importlib.import_module("nerf_triplane.network")
+    provider = importlib.import_module("nerf_triplane.provider")
+    opt = synctalk_opt(data)
+    with caplog.at_level(logging.INFO, logger="se4lip_features"):
+        model = network.NeRFNetwork(opt)
+    assert "not found: extracting it from" in caplog.text and (data / "aud_se4lip.npy").exists()
+    meta = json.loads((data / "aud_se4lip.json").read_text())
+    assert meta["dim"] == DIM == model.audio_in_dim == model.audio_net.encoder_conv[0].in_channels
+    dataset = provider.NeRFDataset(opt, "cpu", "train")
+    assert dataset.auds.shape == (N_TRAIN, DIM, 16) and dataset.auds.dtype == torch.float32
+    window = dataset.window(5)
+    assert window.shape == (8, DIM, 16)
+    assert model.encode_audio(window).shape == (8, 32)
+
+
+def test_synctalk_features_reach_the_renderers_device(checkout, data, default_weights):
+    checkout("synctalk")
+    provider = importlib.import_module("nerf_triplane.provider")
+    lazy = provider.NeRFDataset(synctalk_opt(data, preload=0), torch.device("meta"), "train")
+    assert lazy.auds.device.type == "cpu" and lazy.window(3).device.type == "meta"  # moved per batch
+    preloaded = provider.NeRFDataset(synctalk_opt(data, preload=2), torch.device("meta"), "train")
+    assert preloaded.auds.device.type == "meta"  # --preload 2 moves them up front, as for its own features
+
+
+def test_synctalk_cross_driven_npy_or_wav(checkout, data, default_weights, tmp_path):
+    checkout("synctalk")
+    provider = importlib.import_module("nerf_triplane.provider")
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, 2.0)
+    npy = tmp_path / "speech_se4lip.npy"
+    extract_file(wav, npy)
+    from_npy = provider.NeRFDataset(synctalk_opt(data, aud=str(npy)), "cpu", "test").auds
+    from_wav = provider.NeRFDataset(synctalk_opt(data, aud=str(wav)), "cpu", "test").auds
+    assert from_npy.shape == (50, DIM, 16)
+    torch.testing.assert_close(from_wav, from_npy)
+
+
+def test_synctalk_cross_driven_errors_raise(checkout, data, default_weights, tmp_path):
+    checkout("synctalk")
+    provider = importlib.import_module("nerf_triplane.provider")
+
+    def load(aud):
+        return provider.NeRFDataset(synctalk_opt(data, aud=str(aud)), "cpu", "test")
+
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        load(tmp_path / "missing.wav")
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, 1.0)
+    other = tmp_path / "other.npy"
+    extract_file(wav, other, weights=str(default_weights["other"]))
+    with pytest.raises(FeatureError, match="made with weights other .* come from tiny"):
+        load(other)
+    wide = tmp_path / "wide.npy"
+    extract_file(wav, wide, weights=str(default_weights["wide"]))
+    with pytest.raises(FeatureError, match="dim 40, but the avatar's features .* have dim 24"):
+        load(wide)
+    sidecar_path(wide).unlink()
+    with pytest.raises(FileNotFoundError, match="wide.json"):
+        load(wide)
+    with pytest.raises(FeatureError, match="must be a .npy written by se4lip-extract or an audio file"):
+        load(tmp_path / "speech.txt")
+
+
+def test_wav_needs_the_avatars_weights(data, default_weights):
+    extract_file(data / "aud.wav", data / "aud_se4lip.npy", weights=str(default_weights["other"]))
+    with pytest.raises(FeatureError, match="which are not installed here"):
+        common.load_features(data, data / "aud.wav", "aud_id")
+
+
+@pytest.mark.parametrize("rows, ok", [(27, False), (29, True), (31, True), (32, False)])
+def test_synctalk_row_count_must_match_frames(checkout, data, rows, ok):
+    checkout("synctalk")
+    provider = importlib.import_module("nerf_triplane.provider")
+    write_features(data / "aud_se4lip.npy", np.zeros((rows, 16, DIM), np.float32))
+    if ok:
+        assert provider.NeRFDataset(synctalk_opt(data), "cpu", "train").auds.shape == (N_TRAIN, DIM, 16)
+    else:
+        with pytest.raises(FeatureError, match=f"{rows} feature rows for {N_FRAMES} video frames"):
+            provider.NeRFDataset(synctalk_opt(data), "cpu", "train")
+
+
+def test_synctalk_checkpoints_of_other_features_are_refused(checkout, data, default_weights):
+    checkout("synctalk")
+    network = importlib.import_module("nerf_triplane.network")
+    se4lip_state = network.NeRFNetwork(synctalk_opt(data)).state_dict()
+    assert common.TAG in {k.split(".")[-1] for k in se4lip_state}
+    missing, unexpected = network.NeRFNetwork(synctalk_opt(data)).load_state_dict(se4lip_state, strict=False)
+    assert not missing and not unexpected
+    deepspeech = network.NeRFNetwork(synctalk_opt(data, asr_model="deepspeech"))
+    with pytest.raises(CheckpointError, match="trained on 24-dim se4lip .* built for 29-dim deepspeech .* "
+                                              "pass --audio_feature se4lip"):
+        deepspeech.load_state_dict(se4lip_state, strict=False)
+    with pytest.raises(CheckpointError, match="trained on 29-dim deepspeech .* built for 24-dim se4lip"):
+        network.NeRFNetwork(synctalk_opt(data)).load_state_dict(deepspeech.state_dict(), strict=False)
+    # the data directory's features re-extracted with other weights of the same dim: refused too
+    extract_file(data / "aud.wav", data / "aud_se4lip.npy", weights=str(default_weights["other"]), force=True)
+    with pytest.raises(CheckpointError, match="comes from other weights"):
+        network.NeRFNetwork(synctalk_opt(data)).load_state_dict(se4lip_state, strict=False)
+
+
+def test_synctalk_refuses_live_asr_and_emb(checkout, data, default_weights):
+    checkout("synctalk")
+    network = importlib.import_module("nerf_triplane.network")
+    with pytest.raises(ValueError, match="live speech recognition"):
+        network.NeRFNetwork(synctalk_opt(data, asr=True))
+    with pytest.raises(ValueError, match="--emb"):
+        network.NeRFNetwork(synctalk_opt(data, emb=True))
+
+
+def test_synctalk_test_video_gets_the_test_audio(checkout, data, default_weights, tmp_path, monkeypatch):
+    checkout("synctalk")
+    utils = importlib.import_module("nerf_triplane.utils")
+    calls = []
+    monkeypatch.setattr(synctalk.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, 1.0)
+    out = tmp_path / "results"
+    out.mkdir()
+    utils.Trainer(synctalk_opt(data, aud=str(wav))).test(None, save_path=str(out))
+    assert calls[-1][-1] == str(out / "ngp_audio.mp4") and str(wav) in calls[-1]
+    npy = tmp_path / "speech_se4lip.npy"
+    extract_file(wav, npy)  # its sidecar names speech.wav, which lies beside it
+    utils.Trainer(synctalk_opt(data, aud=str(npy))).test(None, save_path=str(out))
+    assert str(wav) in calls[-1]
+    utils.Trainer(synctalk_opt(data)).test(None, save_path=str(out))  # self-driven: nothing to add
+    assert len(calls) == 2
+
+    def no_ffmpeg(cmd, check):
+        raise FileNotFoundError("ffmpeg")
+
+    monkeypatch.setattr(synctalk.subprocess, "run", no_ffmpeg)
+    with pytest.raises(RuntimeError, match="ffmpeg not found"):
+        utils.Trainer(synctalk_opt(data, aud=str(wav))).test(None, save_path=str(out))
+
+
+# -- TalkingGaussian, patched ------------------------------------------------------------------------
+
+def test_talkinggaussian_feature_survives_to_synthesis(checkout, data, tmp_path, monkeypatch):
+    checkout("talkinggaussian")
+    arguments = importlib.import_module("arguments")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def parse(*argv, combined=False):
+        parser = argparse.ArgumentParser()
+        lp = arguments.ModelParams(parser)
+        monkeypatch.setattr(sys, "argv", ["script.py", "-s", str(data), "-m", str(out), *argv])
+        args = arguments.get_combined_args(parser) if combined else parser.parse_args(sys.argv[1:])
+        return lp.extract(args)
+
+    trained = parse("--audio_feature", "se4lip")  # train_mouth.py / train_face.py / train_fuse.py
+    assert trained.audio_extractor == "se4lip"
+    assert parse("--audio_extractor", "se4lip").audio_extractor == "se4lip"
+    arguments.save_config(trained)
+    assert parse(combined=True).audio_extractor == "se4lip"  # synthesize_fuse.py without the flag
+    assert parse("--audio_feature", "se4lip", combined=True).audio_extractor == "se4lip"
+    assert parse("--audio_extractor", "hubert", combined=True).audio_extractor == "hubert"
+
+
+def test_talkinggaussian_networks_and_cameras(checkout, data, default_weights):
+    checkout("talkinggaussian")
+    motion_net = importlib.import_module("scene.motion_net")
+    readers = importlib.import_module("scene.dataset_readers")
+    args = argparse.Namespace(source_path=str(data), audio="", audio_extractor="se4lip")
+    nets = [motion_net.MotionNetwork(args=args), motion_net.MouthMotionNetwork(args=args)]
+    for net in nets:
+        assert net.audio_in_dim == DIM == net.audio_net.encoder_conv[0].in_channels
+    for split, n in (("transforms_train.json", N_TRAIN), ("transforms_val.json", N_FRAMES - N_TRAIN)):
+        cameras = readers.readCamerasFromTransforms(str(data), split, False, ".jpg", "", "se4lip")
+        assert len(cameras) == n and cameras[0]["img_id"] == (0 if n == N_TRAIN else N_TRAIN)
+        auds = cameras[-1]["auds"]
+        assert auds.shape == (8, DIM, 16) and auds.dtype == torch.float32
+        assert nets[1].encode_audio(auds).shape == (8, 32)
+
+
+def test_talkinggaussian_cross_driven_warns_when_cameras_run_out(checkout, data, default_weights, tmp_path,
+                                                                caplog):
+    checkout("talkinggaussian")
+    readers = importlib.import_module("scene.dataset_readers")
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, 2.0)
+    with caplog.at_level(logging.WARNING, logger="se4lip_features"):
+        cameras = readers.readCamerasFromTransforms(str(data), "transforms_val.json", False, ".jpg", str(wav), "se4lip")
+    assert len(cameras) == 3 and cameras[0]["auds"].shape == (8, DIM, 16)
+    assert "transforms_val.json has 3 cameras for the 50 frames" in caplog.text
+    with pytest.raises(FeatureError, match="must be a .npy"):
+        readers.readCamerasFromTransforms(str(data), "transforms_val.json", False, ".jpg", str(data), "se4lip")
+
+
+def test_talkinggaussian_refuses_other_checkpoints_and_lengths(checkout, data, default_weights):
+    checkout("talkinggaussian")
+    motion_net = importlib.import_module("scene.motion_net")
+    readers = importlib.import_module("scene.dataset_readers")
+    args = argparse.Namespace(source_path=str(data), audio="", audio_extractor="se4lip")
+    state = motion_net.MouthMotionNetwork(args=args).state_dict()
+    motion_net.MouthMotionNetwork(args=args).load_state_dict(state)  # strict, as train_fuse.py loads
+    hubert = motion_net.MouthMotionNetwork(args=argparse.Namespace(**{**vars(args), "audio_extractor": "hubert"}))
+    with pytest.raises(CheckpointError, match="trained on 1024-dim hubert .* pass the --audio_extractor value"):
+        motion_net.MouthMotionNetwork(args=args).load_state_dict(hubert.state_dict(), strict=False)
+    with pytest.raises(CheckpointError, match="pass --audio_feature se4lip"):
+        hubert.load_state_dict(state, strict=False)
+    write_features(data / "aud_se4lip.npy", np.zeros((35, 16, DIM), np.float32))
+    with pytest.raises(FeatureError, match="35 feature rows for 30 video frames"):
+        readers.readCamerasFromTransforms(str(data), "transforms_train.json", False, ".jpg", "", "se4lip")
