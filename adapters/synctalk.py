@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-
 from se4lip_features.adapters import common
 
 # --audio_feature accepts SyncTalk's own feature names too, so one flag serves every run.

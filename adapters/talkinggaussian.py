@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from se4lip_features.adapters import common
 
 # --audio_feature accepts TalkingGaussian's own feature names too, so one flag serves every run.
