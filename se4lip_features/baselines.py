@@ -1,0 +1,260 @@
+"""Acoustic baseline features (log-mel, MFCC, linear log-STFT) with the same per-frame contract as SE4Lip's.
+
+Every extractor here, like :class:`se4lip_features.extract.Extractor`, declares a ``name`` and a ``dim``
+and turns audio into float32 ``(N, W, dim)``: N = round(duration * fps) rows, row i centred on t = i / fps,
+its W sub-steps 1 / (2 fps) apart on the grid of :func:`se4lip_features.extract.substep_grid` (16 for the
+"ds" layout). Each sub-step is one analysis frame centred on the sub-step's instant; samples outside the
+audio read as silence, as in :func:`se4lip_features.audio.speech_windows`.
+
+- ``log-mel``: Wav2Lip / SyncTalk-AVE settings. Pre-emphasis 0.97, |STFT| with a periodic Hann window of
+  800 samples (n_fft 800, 50 ms), 80 Slaney-scale mel bands 55-7600 Hz with Slaney area normalisation
+  (librosa's default filterbank, rebuilt here in numpy), 20 log10(max(1e-5, mel)) - 20 dB, then
+  clip(8 (S + 100) / 100 - 4, -4, 4). Wav2Lip's hop of 200 samples (80 frames/s) is replaced by the
+  sub-step grid: a sub-step's frame is exactly the frame Wav2Lip computes when one of its frames is centred
+  on that instant (see :func:`wav2lip_melspectrogram` for the 80 frames/s spectrogram itself).
+- ``mfcc``: 13 cepstra (c0 kept) + deltas + delta-deltas = 39. Pre-emphasis 0.97, 25 ms Hamming window in a
+  512-point FFT, power spectrum, 40 Slaney mel bands 0-8000 Hz, natural log (floor 1e-10), orthonormal
+  DCT-II; deltas by the usual +-2-step regression over the 50 Hz sub-step sequence, delta-deltas by the
+  same regression on the deltas (computed on real frames beyond the sequence's ends, so no edge effects).
+- ``stft``: the SE4Lip front end's own 257 linear bins, log |STFT| (Hann 512, 32 ms) of one STFT frame per
+  sub-step (:func:`se4lip_features.audio.speech_windows` with one frame).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from . import audio
+from .audio import SAMPLE_RATE
+from .extract import LAYOUTS, substep_grid
+
+PRE_EMPHASIS = 0.97
+
+# Wav2Lip hparams (also SyncTalk's AVE front end)
+MEL_N_FFT = 800  # 50 ms at 16 kHz
+MEL_HOP = 200  # 12.5 ms: 80 mel frames per second (only in wav2lip_melspectrogram)
+MEL_BANDS = 80
+MEL_FMIN, MEL_FMAX = 55.0, 7600.0  # Hz
+MEL_MIN_LEVEL_DB = -100.0
+MEL_REF_LEVEL_DB = 20.0
+MEL_MAX_ABS = 4.0  # symmetric normalisation to [-4, 4]
+
+# MFCC
+MFCC_N_FFT = 512
+MFCC_WIN = 400  # 25 ms Hamming window
+MFCC_BANDS = 40
+MFCC_CEPS = 13
+MFCC_DELTA_N = 2  # regression half-width in sub-steps (+-40 ms at 25 fps)
+
+assert MFCC_WIN <= MFCC_N_FFT, "MFCC window longer than its FFT"
+
+
+def hz_to_mel(hz):
+    """Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp = 200.0 / 3  # Hz per mel in the linear part
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, math.log(6.4) / 27.0
+    return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep,
+                    hz / f_sp)
+
+
+def mel_to_hz(mel):
+    """Inverse of :func:`hz_to_mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, math.log(6.4) / 27.0
+    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+
+
+def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Triangular mel filters, Slaney scale and Slaney area normalisation (as librosa's ``filters.mel``).
+
+    Band m rises from mel point m to m + 1 and falls to m + 2 of ``n_mels + 2`` points evenly spaced in
+    mel between ``fmin`` and ``fmax``; each triangle is scaled by 2 / (its width in Hz).
+
+    Returns
+    -------
+    np.ndarray float32 (n_mels, n_fft // 2 + 1)
+    """
+    if not 0 <= fmin < fmax <= sr / 2:
+        raise ValueError(f"need 0 <= fmin < fmax <= sr / 2, got fmin={fmin}, fmax={fmax}, sr={sr}")
+    freqs = np.linspace(0.0, sr / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))  # (n_mels + 2,) Hz
+    lower = (freqs[None, :] - edges[:-2, None]) / np.diff(edges)[:-1, None]
+    upper = (edges[2:, None] - freqs[None, :]) / np.diff(edges)[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+def pre_emphasis(wav: np.ndarray, coef: float = PRE_EMPHASIS) -> np.ndarray:
+    """y[n] = x[n] - coef x[n - 1], with x[-1] = 0 (scipy ``lfilter([1, -coef], [1], x)``)."""
+    out = np.asarray(wav, dtype=np.float32).copy()
+    out[1:] -= coef * out[:-1]
+    return out
+
+
+def frame_spectra(wav: np.ndarray, centres: np.ndarray, n_fft: int, window: torch.Tensor) -> torch.Tensor:
+    """Magnitude spectra of frames centred on given samples; samples outside the audio are silence.
+
+    Frame j covers samples [c_j - n_fft / 2, c_j + n_fft / 2), the convention of a centred STFT
+    (``torch.stft(center=True)``, librosa), so frames at c_j = j * hop are that STFT's frames. A window
+    shorter than ``n_fft`` is centred in the frame.
+
+    Parameters
+    ----------
+    wav : float32 (n_samples,) at 16 kHz
+    centres : int64 (n_frames,) sample indices
+    window : float32 (win,) with win <= n_fft
+
+    Returns
+    -------
+    torch.Tensor float32 (n_frames, n_fft // 2 + 1)
+    """
+    wav_t = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+    idx = torch.from_numpy(np.asarray(centres, np.int64))[:, None] - n_fft // 2 + torch.arange(n_fft)
+    inside = (idx >= 0) & (idx < len(wav_t))
+    segments = wav_t[idx.clamp(0, max(len(wav_t) - 1, 0))] * inside  # (n_frames, n_fft)
+    left = (n_fft - len(window)) // 2
+    full = torch.zeros(n_fft)
+    full[left: left + len(window)] = window
+    return torch.fft.rfft(segments * full, dim=-1).abs()
+
+
+def wav2lip_normalise(mel: np.ndarray) -> np.ndarray:
+    """Mel magnitudes -> Wav2Lip's dB scale clipped to [-4, 4]."""
+    db = 20.0 * np.log10(np.maximum(1e-5, mel)) - MEL_REF_LEVEL_DB
+    scaled = 2 * MEL_MAX_ABS * (db - MEL_MIN_LEVEL_DB) / (-MEL_MIN_LEVEL_DB) - MEL_MAX_ABS
+    return np.clip(scaled, -MEL_MAX_ABS, MEL_MAX_ABS).astype(np.float32)
+
+
+def _log_mel_at(wav16: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Wav2Lip log-mel frames centred on given samples: float32 (n, 80)."""
+    basis = mel_filterbank(SAMPLE_RATE, MEL_N_FFT, MEL_BANDS, MEL_FMIN, MEL_FMAX)
+    mag = frame_spectra(pre_emphasis(wav16), centres, MEL_N_FFT, torch.hann_window(MEL_N_FFT)).numpy()
+    return wav2lip_normalise(mag @ basis.T)
+
+
+def wav2lip_melspectrogram(wav16: np.ndarray) -> np.ndarray:
+    """Wav2Lip's / SyncTalk-AVE's spectrogram: 80 frames per second (hop 200), frame j centred on j * 200.
+
+    Returns
+    -------
+    np.ndarray float32 (1 + n_samples // 200, 80), values in [-4, 4]
+    """
+    return _log_mel_at(wav16, np.arange(0, len(wav16) + 1, MEL_HOP))
+
+
+def deltas(x: np.ndarray, n: int = MFCC_DELTA_N) -> np.ndarray:
+    """Regression deltas sum_k k (x[t+k] - x[t-k]) / (2 sum_k k^2), k = 1..n, edges repeated: same shape as x."""
+    padded = np.concatenate([np.repeat(x[:1], n, 0), x, np.repeat(x[-1:], n, 0)])
+    out = sum(k * (padded[n + k: n + k + len(x)] - padded[n - k: n - k + len(x)]) for k in range(1, n + 1))
+    return (out / (2 * sum(k * k for k in range(1, n + 1)))).astype(np.float32)
+
+
+def dct_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Orthonormal DCT-II, float64 (n_out, n_in): y = D @ x (scipy ``dct(type=2, norm='ortho')``, first n_out)."""
+    k = np.arange(n_out)[:, None]
+    m = np.arange(n_in)[None, :]
+    d = np.cos(np.pi * k * (2 * m + 1) / (2 * n_in)) * math.sqrt(2.0 / n_in)
+    d[0] /= math.sqrt(2.0)
+    return d
+
+
+def _samples(times: np.ndarray) -> np.ndarray:
+    """Seconds -> nearest 16 kHz sample indices, int64."""
+    return np.round(np.asarray(times) * SAMPLE_RATE).astype(np.int64)
+
+
+class Baseline:
+    """Common extraction for the acoustic baselines: sub-step frames on SE4Lip's grid, then per-frame rows."""
+
+    name: str = ""
+    dim: int = 0
+    window_s: float = 0.0  # analysis window of one sub-step, seconds
+
+    def substeps(self, wav16: np.ndarray, times: np.ndarray, step_s: float) -> np.ndarray:
+        """Features of consecutive sub-steps, ``step_s`` apart, centred at ``times`` (s): float32 (n_steps, dim).
+
+        A sub-step's values depend only on the audio around its own instant, never on where the sequence
+        starts or ends, so every layout sees the same numbers at the same instant.
+        """
+        raise NotImplementedError
+
+    def extract(self, wav: np.ndarray, sr: int, fps: float = 25.0, layout: str = "ds",
+                name: str = "audio") -> np.ndarray:
+        """Features for every video frame of the audio, with SE4Lip's contract.
+
+        Parameters
+        ----------
+        wav : (n_samples,) or (n_samples, channels), int or float PCM
+        sr : sample rate, 8-96 kHz
+        fps : video frame rate
+        layout : "ds" -> (N, 16, dim), "hubert" -> (N, 2, dim), "ave" -> (N, 1, dim)
+
+        Returns
+        -------
+        np.ndarray float32 (N, W, dim), N = round(duration * fps), row i centred on t = i / fps
+        """
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        if not 0 < fps < math.inf:
+            raise ValueError(f"fps must be positive and finite, got {fps}")
+        wav16 = audio.prepare_waveform(wav, sr, name=name)
+        n = audio.frame_count(len(wav16), fps)
+        if n < 1:
+            raise audio.AudioError(f"{name}: {len(wav16) / SAMPLE_RATE:.3f} s of audio is shorter than one "
+                                   f"frame at {fps:g} fps")
+        times, index = substep_grid(n, fps, LAYOUTS[layout])
+        return self.substeps(wav16, times, 1.0 / (2 * fps))[index]
+
+
+class LogMel(Baseline):
+    """Wav2Lip / SyncTalk-AVE log-mel (80 bands, [-4, 4])."""
+
+    name, dim, window_s = "log-mel", MEL_BANDS, MEL_N_FFT / SAMPLE_RATE
+
+    def substeps(self, wav16, times, step_s):
+        return _log_mel_at(wav16, _samples(times))
+
+
+class Mfcc(Baseline):
+    """13 MFCCs + deltas + delta-deltas (39)."""
+
+    name, dim, window_s = "mfcc", 3 * MFCC_CEPS, MFCC_WIN / SAMPLE_RATE
+
+    def substeps(self, wav16, times, step_s):
+        # 2 x MFCC_DELTA_N extra sub-steps each side: the delta-deltas of the wanted ones see real frames
+        extra = 2 * MFCC_DELTA_N
+        wide = np.concatenate([times[0] + step_s * np.arange(-extra, 0), times,
+                               times[-1] + step_s * np.arange(1, extra + 1)])
+        basis = mel_filterbank(SAMPLE_RATE, MFCC_N_FFT, MFCC_BANDS, 0.0, SAMPLE_RATE / 2)
+        window = torch.hamming_window(MFCC_WIN, periodic=False)
+        power = frame_spectra(pre_emphasis(wav16), _samples(wide), MFCC_N_FFT, window).numpy() ** 2
+        ceps = (np.log(np.maximum(power @ basis.T, 1e-10)) @ dct_matrix(MFCC_BANDS, MFCC_CEPS).T).astype(np.float32)
+        d1 = deltas(ceps)
+        return np.concatenate([ceps, d1, deltas(d1)], axis=1)[extra: extra + len(times)]
+
+
+class LogStft(Baseline):
+    """The SE4Lip front end's 257-bin log-magnitude STFT, one frame per sub-step."""
+
+    name, dim, window_s = "stft", audio.N_FREQ, audio.N_FFT / SAMPLE_RATE
+
+    def substeps(self, wav16, times, step_s):
+        spec = audio.speech_windows(torch.from_numpy(wav16), torch.from_numpy(_samples(times)), 1)  # (n, 1, 257)
+        return spec[:, 0].numpy()
+
+
+BASELINES: dict[str, type[Baseline]] = {"log-mel": LogMel, "mfcc": Mfcc, "stft": LogStft}
+
+
+def get(name: str) -> Baseline:
+    """A baseline extractor by its registry name (``log-mel``, ``mfcc``, ``stft``)."""
+    try:
+        return BASELINES[name]()
+    except KeyError:
+        raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}") from None
