@@ -299,10 +299,18 @@ def eval_parser() -> argparse.ArgumentParser:
     sync.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     sync.add_argument("-o", "--out", type=Path, help="JSON output (default: stdout)")
     sync.add_argument("--plot", type=Path, help="folder for one distance-vs-shift PNG per clip")
+    sub.add_parser("lmd", add_help=False,
+                   help="renderer-proxy landmark probe: LMD and mouth-opening r of feature types on held-out clips "
+                        "(se4lip-eval lmd --help)")
     return parser
 
 
 def eval_main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lmd"]:  # the landmark probe keeps its own parser (python -m se4lip_features.probe)
+        from . import probe
+
+        return probe.main(argv[1:])
     args = eval_parser().parse_args(argv)
     _setup_logging()
     return {"sync": _eval_sync}[args.command](args)

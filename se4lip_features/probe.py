@@ -610,7 +610,7 @@ def load_features(spec: str, device: str = "cpu"):
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m se4lip_features.probe", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="se4lip-eval lmd", description=__doc__.splitlines()[0])
     p.add_argument("data", type=Path, help="prepared dataset folder (se4lip-prepare)")
     p.add_argument("features", nargs="+",
                    help="feature types: log-mel, mfcc, stft, SE4Lip .safetensors or se4lip-train ckpt.pt")

@@ -211,3 +211,11 @@ def test_eval_sync_on_a_video(tmp_path, capsys, tiny_weights):
     assert eval_main(["sync", str(GRID / "bbaf2n.mp4"), "--weights", str(tiny_weights)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert list(report["clips"]) == ["bbaf2n"] and report["clips"]["bbaf2n"]["n_windows"] == 71
+
+
+def test_eval_lmd_is_the_landmark_probe(capsys):
+    from se4lip_features.cli import eval_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main(["lmd", "--help"])
+    assert exit_info.value.code == 0 and "usage: se4lip-eval lmd" in capsys.readouterr().out
