@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """The training recipe; stored in every checkpoint and in the exported weights' metadata."""
 
-    steps: int = 6000
+    steps: int = 3500
     clips_per_batch: int = 8  # clips per step (per process)
     lip_span: int = 8  # consecutive lip windows per clip: lip batch = clips_per_batch * lip_span
     speech_margin: int = 8  # speech windows reach this many frames beyond the lip span on each side
@@ -40,7 +40,7 @@ class TrainConfig:
     gain_db: float = 6.0  # random gain of each clip's audio, +-dB
     bf16: bool = True  # bf16 autocast (CPUs with AVX-512 BF16, and GPUs)
     val_clips: int = 60
-    val_every: int = 500
+    val_every: int = 700
     ckpt_every_s: float = 300.0
     seed: int = 0
 

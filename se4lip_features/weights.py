@@ -15,7 +15,9 @@ from .model import ModelConfig, SE4Lip
 FORMAT = "se4lip-weights/1"
 
 # Released weights: versioned names that are never re-pointed, each with the SHA-256 of its file.
-REGISTRY: dict[str, str] = {}
+REGISTRY: dict[str, str] = {
+    "se4lip-grid-s1-v1": "83366b7b6079a5b8cd5578e8db5d84507ce182449b1b767bca21ed1b93736268",  # weights/MODEL_CARD.md
+}
 DEFAULT_NAME = "se4lip-grid-s1-v1"
 
 

@@ -8,12 +8,14 @@ import time
 
 import numpy as np
 import pytest
+import soundfile
 import torch
-from conftest import TINY, tiny_model
+from conftest import SPEECH, TINY, tiny_model
 from huggingface_hub import constants
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import se4lip_features
 from se4lip_features import available_models, extract, weights
 from se4lip_features.weights import WeightsError
 
@@ -225,3 +227,15 @@ def test_hub_cache_from_the_environment_of_a_new_process(tmp_path, tiny_weights)
                           check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == weights.sha256_file(tiny_weights)
+
+
+def test_shipped_default_weights_load_offline_and_match_the_registry(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = se4lip_features.load(device="cpu")
+    assert (enc.name, enc.dim) == ("se4lip-grid-s1-v1", 512)
+    assert enc.sha256 == weights.REGISTRY["se4lip-grid-s1-v1"] == weights.sha256_file(weights.resolve()[0])
+    assert enc.config.gru_layers == 8 and (enc.config.lip_height, enc.config.lip_width) == (48, 96)
+    wav, sr = soundfile.read(SPEECH, dtype="float32")
+    feats = enc.extract(wav, sr)
+    assert feats.shape == (30, 16, 512) and np.isfinite(feats).all()
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=-1), np.sqrt(512), rtol=1e-4)  # unit embeddings x sqrt(D)
