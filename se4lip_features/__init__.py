@@ -3,6 +3,7 @@
 __version__ = "0.1.0"  # before the imports: extract.py records it in every sidecar
 
 from .extract import Extractor, load
+from .stream import StreamingExtractor
 from .weights import available_models
 
-__all__ = ["Extractor", "__version__", "available_models", "load"]
+__all__ = ["Extractor", "StreamingExtractor", "__version__", "available_models", "load"]
