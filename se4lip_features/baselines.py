@@ -29,7 +29,7 @@ import torch
 
 from . import audio
 from .audio import SAMPLE_RATE
-from .extract import LAYOUTS, substep_grid
+from .extract import LAYOUTS, check_options, substep_grid, too_short_message
 
 PRE_EMPHASIS = 0.97
 
@@ -199,15 +199,11 @@ class Baseline:
         -------
         np.ndarray float32 (N, W, dim), N = round(duration * fps), row i centred on t = i / fps
         """
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-        if not 0 < fps < math.inf:
-            raise ValueError(f"fps must be positive and finite, got {fps}")
+        check_options(fps, layout)
         wav16 = audio.prepare_waveform(wav, sr, name=name)
         n = audio.frame_count(len(wav16), fps)
         if n < 1:
-            raise audio.AudioError(f"{name}: {len(wav16) / SAMPLE_RATE:.3f} s of audio is shorter than one "
-                                   f"frame at {fps:g} fps")
+            raise audio.AudioError(too_short_message(name, len(wav16), fps))
         times, index = substep_grid(n, fps, LAYOUTS[layout])
         return self.substeps(wav16, times, 1.0 / (2 * fps))[index]
 

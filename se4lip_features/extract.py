@@ -112,11 +112,11 @@ class Extractor:
         -------
         np.ndarray float32 (N, W, dim)
         """
-        _check_options(fps, layout, batch_size)
+        check_options(fps, layout, batch_size)
         wav16 = audio.prepare_waveform(wav, sr, name=name)
         n = audio.frame_count(len(wav16), fps)
         if n < 1:
-            raise audio.AudioError(_too_short(name, len(wav16), fps))
+            raise audio.AudioError(too_short_message(name, len(wav16), fps))
         out = np.empty((n, LAYOUTS[layout], self.dim), np.float32)
         step = round(CHUNK_SECONDS * audio.SAMPLE_RATE)
         blocks = (wav16[start: start + step] for start in range(0, len(wav16), step))
@@ -147,7 +147,7 @@ class Extractor:
         """
         from tqdm import tqdm
 
-        _check_options(fps, layout, batch_size)
+        check_options(fps, layout, batch_size)
         frames = FrameStream(self, fps, layout, batch_size)
         with tqdm(total=total_s, desc="extract", unit="s", leave=False, disable=not progress,
                   bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} s of audio [{elapsed}<{remaining}]") as bar:
@@ -174,7 +174,7 @@ class FrameStream:
     """
 
     def __init__(self, extractor: Extractor, fps: float, layout: str, batch_size: int = DEFAULT_BATCH):
-        _check_options(fps, layout, batch_size)
+        check_options(fps, layout, batch_size)
         self.extractor, self.fps, self.batch_size = extractor, float(fps), batch_size
         self.width = LAYOUTS[layout]
         self.stride = 1 if self.width > 1 else 2  # half-frame units between encoded sub-steps
@@ -261,7 +261,8 @@ class FrameStream:
         return rows
 
 
-def _check_options(fps: float, layout: str, batch_size: int) -> None:
+def check_options(fps: float, layout: str, batch_size: int = 1) -> None:
+    """Refuse an unknown layout, a non-positive or infinite fps, or a batch size below 1 (ValueError)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if not 0 < fps < math.inf:
@@ -270,7 +271,8 @@ def _check_options(fps: float, layout: str, batch_size: int) -> None:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 
 
-def _too_short(name: str, n_samples: int, fps: float) -> str:
+def too_short_message(name: str, n_samples: int, fps: float) -> str:
+    """The error for audio shorter than one video frame."""
     return (f"{name}: {n_samples / audio.SAMPLE_RATE:.3f} s of audio is shorter than one frame at "
             f"{fps:g} fps")
 
@@ -357,7 +359,7 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
     if not force and (out_path.exists() or side.exists()):
         raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")
     extractor = extractor or load(weights, device)
-    _check_options(fps, layout, batch_size)
+    check_options(fps, layout, batch_size)
     source = _FileAudio(audio_path)  # opens and checks the file now; problems in its data show while reading
     new_dirs = [p for p in out_path.parents if not p.exists()]  # removed again if nothing gets written
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -369,7 +371,7 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
             rows = extractor.extract_blocks(source, fps, layout, batch_size, progress, total_s=source.duration_s)
             n_frames = _write_npy(f, rows, (LAYOUTS[layout], extractor.dim))
         if n_frames < 1:
-            raise audio.AudioError(_too_short(str(audio_path), source.n_samples, fps))
+            raise audio.AudioError(too_short_message(str(audio_path), source.n_samples, fps))
         meta = {
             "dim": extractor.dim, "layout": layout, "window": LAYOUTS[layout], "fps": float(fps),
             "n_frames": n_frames, "scale": "unit-norm embedding x sqrt(dim)",
