@@ -34,12 +34,18 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
 
+def _folder_files(folder: Path, suffixes) -> list[Path]:
+    """The files directly inside ``folder`` whose suffix is one of ``suffixes`` (any case), hidden ones skipped."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
+
+
 def _media_files(inputs: list[Path], suffixes) -> list[Path]:
     """Files given directly, and the files with one of ``suffixes`` directly inside the folders given."""
     files = []
     for item in inputs:
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in suffixes and not p.name.startswith("."))
+            found = _folder_files(item, suffixes)
             if not found:
                 raise FileNotFoundError(f"{item}: folder holds no {', '.join(sorted(suffixes))} files")
             files += found
@@ -131,8 +137,7 @@ def _extract_jobs(inputs: list[Path], output: Path | None, prog: str) -> tuple[l
     sources: dict[Path, Path] = {}  # resolved -> as given, so a file named twice is extracted once
     for item in inputs:
         if item.is_dir():
-            found = sorted(p for p in item.iterdir()
-                           if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES and not p.name.startswith("."))
+            found = _folder_files(item, MEDIA_SUFFIXES)
             if not found:
                 _error(prog, f"{item}: folder holds no audio or video files (looked for "
                              f"{', '.join(sorted(MEDIA_SUFFIXES))})")
