@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import audio
-from .audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE, mel_filterbank
 from .extract import LAYOUTS, check_options, substep_grid, too_short_message
 
 PRE_EMPHASIS = 0.97
@@ -50,44 +50,6 @@ MFCC_CEPS = 13
 MFCC_DELTA_N = 2  # regression half-width in sub-steps (+-40 ms at 25 fps)
 
 assert MFCC_WIN <= MFCC_N_FFT, "MFCC window longer than its FFT"
-
-
-def hz_to_mel(hz):
-    """Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above."""
-    hz = np.asarray(hz, dtype=np.float64)
-    f_sp = 200.0 / 3  # Hz per mel in the linear part
-    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, math.log(6.4) / 27.0
-    return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep,
-                    hz / f_sp)
-
-
-def mel_to_hz(mel):
-    """Inverse of :func:`hz_to_mel`."""
-    mel = np.asarray(mel, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, math.log(6.4) / 27.0
-    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
-
-
-def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    """Triangular mel filters, Slaney scale and Slaney area normalisation (as librosa's ``filters.mel``).
-
-    Band m rises from mel point m to m + 1 and falls to m + 2 of ``n_mels + 2`` points evenly spaced in
-    mel between ``fmin`` and ``fmax``; each triangle is scaled by 2 / (its width in Hz).
-
-    Returns
-    -------
-    np.ndarray float32 (n_mels, n_fft // 2 + 1)
-    """
-    if not 0 <= fmin < fmax <= sr / 2:
-        raise ValueError(f"need 0 <= fmin < fmax <= sr / 2, got fmin={fmin}, fmax={fmax}, sr={sr}")
-    freqs = np.linspace(0.0, sr / 2, n_fft // 2 + 1)
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))  # (n_mels + 2,) Hz
-    lower = (freqs[None, :] - edges[:-2, None]) / np.diff(edges)[:-1, None]
-    upper = (edges[2:, None] - freqs[None, :]) / np.diff(edges)[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
-    return weights.astype(np.float32)
 
 
 def pre_emphasis(wav: np.ndarray, coef: float = PRE_EMPHASIS) -> np.ndarray:

@@ -230,7 +230,7 @@ def prepare_main(argv=None) -> int:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    from .model import ModelConfig
+    from .model import FRONT_ENDS, SPEECH_ENCODERS, ModelConfig
     from .train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="se4lip-train",
@@ -245,24 +245,27 @@ def train_parser() -> argparse.ArgumentParser:
     recipe = parser.add_argument_group("recipe (defaults: the shipped weights' recipe, see weights/MODEL_CARD.md)")
     for field in dataclasses.fields(TrainConfig):
         _add_field_flag(recipe, field)
-    model = parser.add_argument_group("model size (ignored with --init; lip crop size and fps come from the data)")
+    model = parser.add_argument_group("model (ignored with --init; lip crop size and fps come from the data); "
+                                      "--front-end mel and --speech-encoder cnn are the paper's Table 6 ablation")
+    choices = {"front_end": FRONT_ENDS, "speech_encoder": SPEECH_ENCODERS}
     for field in dataclasses.fields(ModelConfig):
         if field.name in MODEL_FLAGS:
-            _add_field_flag(model, field)
+            _add_field_flag(model, field, choices.get(field.name))
     return parser
 
 
-MODEL_FLAGS = ("embed_dim", "gru_hidden", "gru_layers", "window_frames")  # the rest follows the data and front end
+# the rest of ModelConfig follows the data and the front end
+MODEL_FLAGS = ("embed_dim", "gru_hidden", "gru_layers", "window_frames", "front_end", "speech_encoder")
 
 
-def _add_field_flag(group, field) -> None:
+def _add_field_flag(group, field, choices=None) -> None:
     """A --flag for a config dataclass field, with its default."""
     flag = "--" + field.name.replace("_", "-")
     if isinstance(field.default, bool):
         group.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
     else:
-        group.add_argument(flag, type=type(field.default), default=field.default, metavar=field.name.upper(),
-                           help="(default: %(default)s)")
+        group.add_argument(flag, type=type(field.default), default=field.default, choices=choices,
+                           metavar=None if choices else field.name.upper(), help="(default: %(default)s)")
 
 
 def train_main(argv=None) -> int:

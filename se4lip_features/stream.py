@@ -28,7 +28,7 @@ class ProgressiveFrames(FrameStream):
         super().__init__(extractor, fps, layout, batch_size)
         speech, device = extractor.model.speech, extractor.device
         self.n_stft = extractor.config.n_stft_frames
-        self.mean, self.std = speech.spec_mean, speech.spec_std
+        self.features, self.mean, self.std = speech.features, speech.spec_mean, speech.spec_std
         gru = speech.gru
         # (in, 3H) and (H, 3H) copies: with a few rows per matmul, a contiguous right-hand side is ~1.7x faster
         self.layers = [(getattr(gru, f"weight_ih_l{k}").detach().t().contiguous(),
@@ -93,7 +93,7 @@ class ProgressiveFrames(FrameStream):
         segments = buffer[idx.clamp(0, max(len(buffer) - 1, 0))] * inside if len(buffer) else idx * 0.0
         spec = torch.stft(segments, n_fft=audio.N_FFT, hop_length=audio.HOP_LENGTH, win_length=audio.WIN_LENGTH,
                           window=self.hann, center=False, return_complex=True)  # (n_distinct, 257, 1)
-        x = (torch.log(spec.abs() + audio.LOG_EPS)[..., 0] - self.mean) / self.std  # (n_distinct, 257)
+        x = (self.features(torch.log(spec.abs() + audio.LOG_EPS)[..., 0]) - self.mean) / self.std  # (n_distinct, F)
         which = torch.from_numpy(which.reshape(-1)).to(device)  # (B * T,) rows of x
         valid = torch.from_numpy(np.arange(steps)[None, :] < new[:, None]).to(device)[..., None]  # (B, T, 1)
         index = torch.from_numpy(rows).to(device)
@@ -143,7 +143,9 @@ class StreamingExtractor:
                  batch_size: int = DEFAULT_BATCH):
         if not audio.MIN_SAMPLE_RATE <= sr <= audio.MAX_SAMPLE_RATE:
             raise ValueError(f"sample rate {sr} Hz is outside {audio.MIN_SAMPLE_RATE}-{audio.MAX_SAMPLE_RATE} Hz")
-        self._frames = ProgressiveFrames(extractor, fps, layout, batch_size)  # checks fps, layout, batch_size
+        # GRU windows are advanced as their audio arrives; the ablation's CNN encodes each window once complete
+        frames = ProgressiveFrames if extractor.config.speech_encoder == "gru" else FrameStream
+        self._frames = frames(extractor, fps, layout, batch_size)  # checks fps, layout, batch_size
         self.extractor, self.fps, self.layout, self.sr = extractor, float(fps), layout, int(sr)
         self.width, self.dim = LAYOUTS[layout], extractor.dim
         self._resampler = None

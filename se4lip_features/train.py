@@ -106,12 +106,16 @@ def speech_specs(wavs, frames_per_clip, fps, n_stft):
     return torch.cat(out)
 
 
-def spectrogram_stats(data: PreparedData, clips: list[Clip], n_stft: int, max_clips: int = 200):
-    """Per-frequency mean and std of the log-STFT over (up to) ``max_clips`` training clips."""
+@torch.no_grad()
+def spectrogram_stats(data: PreparedData, clips: list[Clip], features, max_clips: int = 200):
+    """Per-feature mean and std of the speech encoder's inputs over (up to) ``max_clips`` training clips.
+
+    ``features`` maps log-STFT frames (n, 257) to the encoder's input features (its ``features`` method).
+    """
     total, total_sq, count = 0.0, 0.0, 0
     for clip in clips[:max_clips]:
-        spec = audio.speech_windows(torch.from_numpy(data.clip_audio(clip)),
-                                    torch.arange(0, clip.n_samples, 640), 1)[:, 0]  # (n, 257)
+        spec = features(audio.speech_windows(torch.from_numpy(data.clip_audio(clip)),
+                                             torch.arange(0, clip.n_samples, 640), 1)[:, 0])  # (n, n_features)
         total = total + spec.sum(0)
         total_sq = total_sq + (spec.double() ** 2).sum(0)
         count += spec.shape[0]
@@ -167,7 +171,7 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
         model_cfg = dataclasses.replace(model_cfg, fps=data.fps, lip_height=data.meta["lip_height"],
                                         lip_width=data.meta["lip_width"], lip_crop_scale=data.meta["lip_crop_scale"])
         model = SE4Lip(model_cfg)
-        mean, std = spectrogram_stats(data, train_clips, model_cfg.n_stft_frames)
+        mean, std = spectrogram_stats(data, train_clips, model.speech.features)
         model.speech.spec_mean.copy_(mean)
         model.speech.spec_std.copy_(std)
     if (data.meta["lip_height"], data.meta["lip_width"]) != (model_cfg.lip_height, model_cfg.lip_width):
