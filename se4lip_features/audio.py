@@ -142,8 +142,9 @@ def speech_windows(wav: torch.Tensor, centres: torch.Tensor, n_stft_frames: int)
     """Log-magnitude STFT windows centred on given sample positions.
 
     Samples outside the waveform read as silence, so windows at the edges still see all the real audio
-    there is. Every window is computed from its own samples, so its content does not depend on where
-    other windows lie (offline, streaming and training all see the same numbers).
+    there is. A window's frames depend only on its own samples, so its content does not depend on where
+    other windows lie (offline, streaming and training all see the same numbers); frames that several
+    windows share (at 50 windows per second, each frame is in about ten) are computed once.
 
     Parameters
     ----------
@@ -155,20 +156,23 @@ def speech_windows(wav: torch.Tensor, centres: torch.Tensor, n_stft_frames: int)
     -------
     torch.Tensor, float32, shape (n_windows, n_stft_frames, 257)
     """
-    half = window_samples(n_stft_frames) // 2
-    idx = centres.to(wav.device)[:, None] - half + torch.arange(2 * half, device=wav.device)  # (n_windows, 2 * half)
+    offsets = torch.arange(n_stft_frames, device=wav.device) * HOP_LENGTH - window_samples(n_stft_frames) // 2
+    starts, which = torch.unique(centres.to(wav.device)[:, None] + offsets, return_inverse=True)
+    return log_stft_frames(wav, starts)[which]
+
+
+def log_stft_frames(wav: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """log(|STFT| + 1e-5) of the N_FFT-sample frames beginning at ``starts``: (n_frames, 257).
+
+    Samples outside the waveform read as silence.
+    """
+    idx = starts.to(wav.device)[:, None] + torch.arange(N_FFT, device=wav.device)  # (n_frames, N_FFT)
     inside = (idx >= 0) & (idx < len(wav))
-    segments = wav[idx.clamp(0, len(wav) - 1)] * inside
-    spec = torch.stft(
-        segments,
-        n_fft=N_FFT,
-        hop_length=HOP_LENGTH,
-        win_length=WIN_LENGTH,
-        window=torch.hann_window(WIN_LENGTH, device=wav.device),
-        center=False,
-        return_complex=True,
-    )  # (n_windows, 257, n_stft_frames)
-    return torch.log(spec.abs() + LOG_EPS).transpose(1, 2)
+    segments = wav[idx.clamp(0, max(len(wav) - 1, 0))] * inside if len(wav) else idx * 0.0
+    spec = torch.stft(segments, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=WIN_LENGTH,
+                      window=torch.hann_window(WIN_LENGTH, device=wav.device), center=False,
+                      return_complex=True)  # (n_frames, 257, 1)
+    return torch.log(spec.abs() + LOG_EPS)[..., 0]
 
 
 def hz_to_mel(hz):

@@ -26,7 +26,7 @@ class ProgressiveFrames(FrameStream):
 
     def __init__(self, extractor: Extractor, fps: float, layout: str, batch_size: int = DEFAULT_BATCH):
         super().__init__(extractor, fps, layout, batch_size)
-        speech, device = extractor.model.speech, extractor.device
+        speech = extractor.model.speech
         self.n_stft = extractor.config.n_stft_frames
         self.features, self.mean, self.std = speech.features, speech.spec_mean, speech.spec_std
         gru = speech.gru
@@ -37,7 +37,6 @@ class ProgressiveFrames(FrameStream):
                        for k in range(gru.num_layers)]
         self.hidden = gru.hidden_size
         self.proj = speech.proj
-        self.hann = torch.hann_window(audio.WIN_LENGTH, device=device)
 
     def reset(self) -> None:
         super().reset()
@@ -87,13 +86,8 @@ class ProgressiveFrames(FrameStream):
         # hops); each distinct frame, and the first layer's input projection of it, is computed once.
         frame_starts, which = np.unique(starts[:, None] + k * audio.HOP_LENGTH - self.offset, return_inverse=True)
         device = self.h.device
-        idx = torch.from_numpy(frame_starts[:, None] + np.arange(audio.N_FFT)[None, :]).to(device)
-        buffer = torch.from_numpy(self.samples).to(device)
-        inside = (idx >= 0) & (idx < len(buffer))  # before the stream or after its end: silence
-        segments = buffer[idx.clamp(0, max(len(buffer) - 1, 0))] * inside if len(buffer) else idx * 0.0
-        spec = torch.stft(segments, n_fft=audio.N_FFT, hop_length=audio.HOP_LENGTH, win_length=audio.WIN_LENGTH,
-                          window=self.hann, center=False, return_complex=True)  # (n_distinct, 257, 1)
-        x = (self.features(torch.log(spec.abs() + audio.LOG_EPS)[..., 0]) - self.mean) / self.std  # (n_distinct, F)
+        frames = audio.log_stft_frames(torch.from_numpy(self.samples).to(device), torch.from_numpy(frame_starts))
+        x = (self.features(frames) - self.mean) / self.std  # (n_distinct, F)
         which = torch.from_numpy(which.reshape(-1)).to(device)  # (B * T,) rows of x
         valid = torch.from_numpy(np.arange(steps)[None, :] < new[:, None]).to(device)[..., None]  # (B, T, 1)
         index = torch.from_numpy(rows).to(device)
