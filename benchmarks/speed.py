@@ -263,7 +263,7 @@ def sync_accuracy(encoders: dict, data_dir: Path, split: Path | None) -> dict:
         clips = data.split(60)[1]
     out = {}
     for precision, enc in encoders.items():
-        with enc._matmul_precision():  # the fast path's setting around the evaluation's encoder calls
+        with enc.matmul_precision():  # the fast path's setting around the evaluation's encoder calls
             results = [evaluate.clip_sync(enc.model, data.clip_audio(c), data.clip_lips(c), data.clip_valid(c),
                                           data.fps) for c in clips]
         out[precision] = summary = evaluate.sync_summary(results)

@@ -52,7 +52,7 @@ class Extractor:
         return self.info["sha256"]
 
     @contextlib.contextmanager
-    def _matmul_precision(self):
+    def matmul_precision(self):
         """Run the encoder's matmuls in bf16 (fp32 accumulation) when ``precision`` is "bf16"."""
         if self.precision == "fp32":
             yield
@@ -84,7 +84,7 @@ class Extractor:
         wav = wav.to(self.device)
         out = []
         batches = range(0, len(centres), batch_size)
-        with self._matmul_precision():
+        with self.matmul_precision():
             for start in tqdm(batches, desc="extract", unit="batch", leave=False, disable=not progress):
                 spec = audio.speech_windows(wav, centres[start: start + batch_size], self.config.n_stft_frames)
                 out.append(self.model.encode_speech(spec))
@@ -375,7 +375,7 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
         meta = {
             "dim": extractor.dim, "layout": layout, "window": LAYOUTS[layout], "fps": float(fps),
             "n_frames": n_frames, "scale": "unit-norm embedding x sqrt(dim)",
-            "weights": extractor.name, "weights_sha256": extractor.sha256,
+            "weights": extractor.name, "weights_sha256": extractor.sha256, "precision": extractor.precision,
             "audio": audio_path.name, "audio_sha256": sha256_file(audio_path), "version": __version__,
         }
         tmp_side.write_text(json.dumps(meta, indent=1) + "\n")

@@ -582,9 +582,10 @@ def write_outputs(result: dict, out_dir: str | Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------ feature types
 
-def load_features(spec: str, device: str = "cpu"):
+def load_features(spec: str, device: str = "cpu", precision: str = "fp32"):
     """A feature extractor from a spec: a baseline name (``log-mel``, ``mfcc``, ``stft``), SE4Lip weights
     (``.safetensors``, or a registry name), or a training checkpoint ``ckpt.pt`` of ``se4lip-train``.
+    SE4Lip runs at ``precision`` (see :data:`se4lip_features.extract.PRECISIONS`); bf16 is in its label.
 
     Returns
     -------
@@ -604,12 +605,15 @@ def load_features(spec: str, device: str = "cpu"):
         model.load_state_dict(ckpt["model"])
         label = f"se4lip:{path.parent.name}/{path.stem}@{ckpt.get('step', '?')}"
         info = {"name": label, "sha256": sha256_file(path), "path": str(path)}
-        return label, extract.Extractor(model.to(device).eval(), info, torch.device(device))
-    ex = extract.load(spec, device=device)
-    return f"se4lip:{ex.name}", ex
+        ex = extract.Extractor(model.to(device).eval(), info, torch.device(device), precision)
+    else:
+        ex = extract.load(spec, device=device, precision=precision)
+    return f"se4lip:{ex.name}" + ("" if precision == "fp32" else f" {precision}"), ex
 
 
 def get_parser() -> argparse.ArgumentParser:
+    from . import extract
+
     p = argparse.ArgumentParser(prog="se4lip-eval lmd", description=__doc__.splitlines()[0])
     p.add_argument("data", type=Path, help="prepared dataset folder (se4lip-prepare)")
     p.add_argument("features", nargs="+",
@@ -621,6 +625,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--split", type=Path, help="split.json of a training run (its 'val' ids are held out)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--precision", choices=extract.PRECISIONS, default="fp32",
+                   help="SE4Lip extraction precision (bf16: the CPU fast path) (default: %(default)s)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing probe.json")
     return p
 
@@ -636,7 +642,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     try:
         data = PreparedData(args.data)
-        specs = [load_features(s) for s in args.features]
+        specs = [load_features(s, precision=args.precision) for s in args.features]
         train, held = split_clips(data, args.val_clips, args.split_seed, args.split)
     except (OSError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

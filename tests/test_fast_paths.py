@@ -4,7 +4,7 @@ tolerances; measured speeds live in benchmarks/speed.py, never here."""
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import SPEECH, TINY
 
 from se4lip_features import StreamingExtractor, extract
 
@@ -67,3 +67,24 @@ def test_batch_size_changes_speed_not_features(extractor, speech, layout):
     one = extractor.extract(*speech, layout=layout, batch_size=1)
     np.testing.assert_allclose(extractor.extract(*speech, layout=layout, batch_size=4096), one, atol=1e-5)
     assert one.shape[2] == TINY.embed_dim
+
+
+def test_command_line_fast_path(tmp_path, bf16, speech, capfd, tiny_weights):
+    from se4lip_features.cli import extract_main
+
+    out = tmp_path / "f.npy"
+    assert extract_main([str(SPEECH), "-o", str(out), "--weights", str(tiny_weights), "--precision", "bf16"]) == 0
+    assert capfd.readouterr().err == ""
+    np.testing.assert_array_equal(np.load(out), bf16.extract(*speech))
+    assert extract.read_sidecar(out)["precision"] == "bf16"
+    with pytest.raises(SystemExit):
+        extract_main([str(SPEECH), "--precision", "fp16"])
+    assert "argument --precision: invalid choice: 'fp16'" in capfd.readouterr().err
+
+
+def test_probe_labels_the_fast_path(tiny_weights):
+    from se4lip_features.probe import load_features
+
+    label, ex = load_features(str(tiny_weights), precision="bf16")
+    assert (label, ex.precision) == ("se4lip:tiny bf16", "bf16")
+    assert load_features(str(tiny_weights))[0] == "se4lip:tiny"

@@ -219,3 +219,24 @@ def test_eval_lmd_is_the_landmark_probe(capsys):
     with pytest.raises(SystemExit) as exit_info:
         eval_main(["lmd", "--help"])
     assert exit_info.value.code == 0 and "usage: se4lip-eval lmd" in capsys.readouterr().out
+
+
+def test_eval_sync_runs_the_fast_path_when_asked(dataset, tmp_path, tiny_weights, monkeypatch):
+    from se4lip_features.cli import eval_main
+
+    seen = []
+    real = evaluate.clip_sync
+
+    def recording(*args, **kw):
+        seen.append(torch.backends.mkldnn.matmul.fp32_precision)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(evaluate, "clip_sync", recording)
+    for precision in ("bf16", "fp32"):
+        out = tmp_path / f"{precision}.json"
+        assert eval_main(["sync", str(dataset), "--weights", str(tiny_weights), "--precision", precision,
+                          "-o", str(out)]) == 0
+        assert json.loads(out.read_text())["precision"] == precision
+    n = len(PreparedData(dataset).clips)
+    assert seen[:n] == ["bf16"] * n and "bf16" not in seen[n:]
+    assert torch.backends.mkldnn.matmul.fp32_precision != "bf16"  # restored
