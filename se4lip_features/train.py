@@ -180,7 +180,8 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng([cfg.seed, rank])
-    history = {"step": [], "loss": [], "bce": [], "nce": [], "val_step": [], "val_acc": [], "val_exact": []}
+    history = {"step": [], "loss": [], "bce": [], "nce": [], "val_step": [], "val_acc": [], "val_exact": [],
+               "wall_s": 0.0}
     step = 0
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -188,7 +189,7 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
         opt.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"][rank] if world > 1 else state["rng"][0]
         torch.set_rng_state(state["torch_rng"])
-        history, step = state["history"], state["step"]
+        history, step = {"wall_s": 0.0} | state["history"], state["step"]
         log.info("resumed from %s at step %d", ckpt_path, step)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     sampler = WindowSampler(data, train_clips, cfg, model_cfg)
@@ -207,7 +208,8 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
             os.replace(tmp, ckpt_path)
 
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress or rank > 0)
-    last_save = time.time()
+    last_save = started = time.time()
+    wall_before = history["wall_s"]  # training time of earlier slices of this run (resumes)
     end = min(cfg.steps, stop_at or cfg.steps)
     while step < end:
         for group in opt.param_groups:
@@ -250,6 +252,7 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
             if world > 1:
                 dist.barrier()
         if time.time() - last_save > cfg.ckpt_every_s or step == end:
+            history["wall_s"] = wall_before + time.time() - started
             save_checkpoint()
             last_save = time.time()
     bar.close()
@@ -258,7 +261,7 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
         model.eval()
         weights.save(model, out_dir / "final.safetensors", fp16=False,
                      metadata={"train_config": json.dumps(dataclasses.asdict(cfg)), "data": str(data_dir),
-                               "steps": step, "init": init or ""})
+                               "steps": step, "init": init or "", "train_wall_s": f"{history['wall_s']:.0f}"})
         plot_history(history, out_dir / "training.png")
     return history
 

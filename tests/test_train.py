@@ -92,11 +92,15 @@ def test_resume_equals_uninterrupted(dataset, tmp_path):
     train(dataset, tmp_path / "a", TINY, TINY_MODEL, progress=False)
     train(dataset, tmp_path / "b", TINY, TINY_MODEL, stop_at=2, progress=False)
     assert not (tmp_path / "b" / "final.safetensors").exists()
-    assert torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)["step"] == 2
+    first = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)
+    assert first["step"] == 2 and first["history"]["wall_s"] > 0
     train(dataset, tmp_path / "b", TINY, TINY_MODEL, resume=True, progress=False)
     a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)
     assert a["history"]["loss"] == b["history"]["loss"]
+    assert b["history"]["wall_s"] > first["history"]["wall_s"]  # training time adds up over the slices
+    _, info = weights.load(tmp_path / "b" / "final.safetensors")
+    assert float(info["train_wall_s"]) == round(b["history"]["wall_s"])
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
 
