@@ -496,7 +496,7 @@ def probe_all(banks, targets: Targets, train_clips, held_clips, seeds=(0, 1), cf
 
 # ------------------------------------------------------------------------------------------------ output
 
-def _fmt(stat: dict, digits: int = 3) -> str:
+def format_stat(stat: dict, digits: int = 3) -> str:
     if stat["mean"] is None:
         return "n/a"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
@@ -508,7 +508,7 @@ def markdown_table(result: dict) -> str:
              "|---|---:|---:|---:|---:|---:|"]
     for name, r in result["features"].items():
         probe_s = np.mean(r["probe_s"]) if r["probe_s"] else 0.0
-        lines.append(f"| {name} | {r['dim'] or '–'} | {_fmt(r['lmd'])} | {_fmt(r['gap_r'])} | "
+        lines.append(f"| {name} | {r['dim'] or '–'} | {format_stat(r['lmd'])} | {format_stat(r['gap_r'])} | "
                      f"{r['extract_s']:.0f} | {probe_s:.0f} |")
     return "\n".join(lines)
 

@@ -65,6 +65,17 @@ def sync_accuracy(extractor, data, clips) -> dict:
             "offsets": {k: r["offset"] for k, r in results.items()}}
 
 
+def design(extractor) -> dict:
+    """What an SE4Lip weights file is: its speech front end and encoder, and its training budget."""
+    cfg, info = extractor.config, extractor.info
+    train = json.loads(info.get("train_config") or "{}")
+    return {"front_end": cfg.front_end, "speech_encoder": cfg.speech_encoder,
+            "name": f"{'Mel' if cfg.front_end == 'mel' else 'STFT'}+{cfg.speech_encoder.upper()}", "steps": train.get("steps"),
+            "clips_per_batch": train.get("clips_per_batch"), "lip_span": train.get("lip_span"),
+            "train_wall_s": float(info["train_wall_s"]) if "train_wall_s" in info else None,
+            "weights": info.get("path", info["name"]), "sha256": info["sha256"]}
+
+
 def viseme_views(frame_features, data, anchors) -> dict:
     """Both embedding views of the letter anchors: {view: (x, labels)}."""
     return {view: visemes.embeddings(frame_features, data, anchors, view) for view in ("frame", "centre")}
@@ -83,6 +94,7 @@ def run(args) -> dict:
              len(train), len(held), len(anchors), ", ".join(label for label, _ in specs))
 
     viseme_results, dt_views, sync, timings = {}, {}, {}, {}
+    designs = {label: design(ex) for label, ex in specs if hasattr(ex, "model")}
     if anchors:
         def lips_features(frames):
             return np.nan_to_num(targets.points[frames]).reshape(len(frames), 1, -1)
@@ -129,7 +141,7 @@ def run(args) -> dict:
                     "python": platform.python_version()},
         "run_time_s": round(time.perf_counter() - t_start, 1), "plots_s": round(plots_s, 1), "timings": timings,
         "probe": result, "visemes": {"anchors": len(anchors), "align": str(args.align), "results": viseme_results},
-        "sync": sync,
+        "sync": sync, "designs": designs,
     }
 
 
@@ -186,14 +198,9 @@ def report(res: dict) -> str:
         "",
         "![probe](probe.png)",
         "",
-        "## 2. Ablation of the speech encoder (the paper's Table 6) — TODO, not run",
+        "## 2. Ablation of the speech encoder (the paper's Table 6)",
         "",
-        ("**TODO (hook):** Mel+GRU, Mel+CNN and STFT+CNN encoders must be trained exactly like SE4Lip (same data, "
-        "steps, batch and wall-clock budget as STFT+GRU) before they can be compared here; the CPU was busy "
-        "training the main model, so none was trained. Once `se4lip-train` can build those encoders (a front-end "
-        "and encoder choice in `ModelConfig`), pass each one's weights with `--weights`: every weights file gets "
-        "a row in the probe table (LMD, r), in the viseme table and in the sync table below, with no other change "
-        "to this script. State the budget next to the table."),
+        *ablation_section(res),
         "",
         "## 3. Phoneme-viseme ambiguity (the paper's Fig. 4) on GRID letter words",
         "",
@@ -238,6 +245,40 @@ def report(res: dict) -> str:
                    f"{_f(t.get('visemes_s'), 0)} | {_f(t.get('sync_s'), 0)} |")
     out.append("")
     return "\n".join(out)
+
+
+PAPER_ORDER = ("Mel+GRU", "Mel+CNN", "STFT+CNN", "STFT+GRU")
+
+
+def ablation_section(res: dict) -> list[str]:
+    """Table 6: the SE4Lip designs trained on the same budget, by LMD, mouth-opening r and sync accuracy."""
+    designs, feats = res.get("designs", {}), res["probe"]["features"]
+    budgets = {}
+    for label, d in designs.items():
+        budgets.setdefault((d["steps"], d["clips_per_batch"], d["lip_span"]), []).append(label)
+    groups = [labels for labels in budgets.values() if len({designs[x]["name"] for x in labels}) > 1]
+    if not groups:
+        return [("(not run: pass weights of more than one design trained on the same budget with --weights, "
+                 "e.g. se4lip-train --front-end mel --speech-encoder cnn)")]
+    out = [("Encoders trained exactly like SE4Lip (same data, recipe, seed, validation split and number of steps; "
+            "`se4lip-train --front-end {stft,mel} --speech-encoder {gru,cnn}`), differing only in the speech "
+            "front end (257 log-STFT bins, or 80 log-mel bands of the same STFT with Wav2Lip's 55-7600 Hz "
+            "Slaney filters) and the speech encoder (the 8-layer GRU, or a 2-D CNN sized to cost about the "
+            "GRU's training step). LMD and r from the probe above; sync accuracy on the same held-out "
+            "utterances. Training wall time: each run's own.")]
+    for labels in groups:
+        steps, clips, span = next((k for k, v in budgets.items() if v is labels))
+        labels = sorted(labels, key=lambda x: PAPER_ORDER.index(designs[x]["name"]))
+        out += ["", f"Budget: {steps} steps of {clips} clips x {span} lip windows each.", "",
+                "| speech encoder | LMD (px) ↓ | mouth-opening r ↑ | sync accuracy | exact | train (min) | weights |",
+                "|---|---:|---:|---:|---:|---:|---|"]
+        for label in labels:
+            d, f = designs[label], feats[label]
+            s = res["sync"].get(label, {}).get("summary", {})
+            wall = "–" if d["train_wall_s"] is None else f"{d['train_wall_s'] / 60:.0f}"
+            out.append(f"| {d['name']} | {probe.format_stat(f['lmd'])} | {probe.format_stat(f['gap_r'])} | "
+                       f"{_f(s.get('accuracy'))} | {_f(s.get('exact_accuracy'))} | {wall} | `{label}` |")
+    return out
 
 
 def main(argv=None) -> int:
