@@ -236,6 +236,7 @@ def report(res: dict) -> str:
                        f"{m['frame_within1']:.3f} |")
         out.append("")
         out.append("Acoustic features have no lip encoder, so no sync accuracy.")
+        out += ["", *missed_clips(res["sync"])]
     else:
         out.append("(no SE4Lip weights given, or --no-sync)")
     out += ["", "## Run times (s)", "", "| features | extract | probe (all seeds) | visemes | sync |",
@@ -245,6 +246,23 @@ def report(res: dict) -> str:
                    f"{_f(t.get('visemes_s'), 0)} | {_f(t.get('sync_s'), 0)} |")
     out.append("")
     return "\n".join(out)
+
+
+def missed_clips(sync: dict) -> list[str]:
+    """Held-out clips that some encoder puts more than one frame off, with every encoder's offset.
+
+    A clip that independently trained encoders all place at the same wrong offset points at the clip's own
+    audio-video alignment rather than at an encoder.
+    """
+    labels = list(sync)
+    missed = sorted({c for s in sync.values() for c, o in s["offsets"].items() if abs(o) > 1})
+    if not missed:
+        return ["Every encoder puts every held-out clip within one frame."]
+    out = ["Clips that some encoder puts more than one frame off (predicted offset in frames per encoder):", "",
+           "| clip | " + " | ".join(f"`{x}`" for x in labels) + " |", "|---|" + "---:|" * len(labels)]
+    for clip in missed:
+        out.append(f"| {clip} | " + " | ".join(f"{sync[x]['offsets'][clip]:+d}" for x in labels) + " |")
+    return out
 
 
 PAPER_ORDER = ("Mel+GRU", "Mel+CNN", "STFT+CNN", "STFT+GRU")
