@@ -89,24 +89,25 @@ class ProgressiveFrames(FrameStream):
         frames = audio.log_stft_frames(torch.from_numpy(self.samples).to(device), torch.from_numpy(frame_starts))
         x = (self.features(frames) - self.mean) / self.std  # (n_distinct, F)
         which = torch.from_numpy(which.reshape(-1)).to(device)  # (B * T,) rows of x
-        valid = torch.from_numpy(np.arange(steps)[None, :] < new[:, None]).to(device)[..., None]  # (B, T, 1)
         index = torch.from_numpy(rows).to(device)
         h_all = self.h[:, index]  # (layers, B, H)
         H = self.hidden
-        uniform = int(new.min())  # steps every window takes; beyond them, windows that are done keep their state
+        # Every window runs ``steps`` steps; past its own ``new`` ones it re-reads its last frame, and those
+        # extra states are dropped: each layer keeps the state of the window's last real step.
+        last = (torch.arange(len(rows), device=device), torch.from_numpy(new - 1).to(device))
         for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
             gi = torch.addmm(b_ih, x, w_ih)
             gi = (gi[which] if layer == 0 else gi).view(len(rows), steps, 3 * H)
+            gi_rz, gi_n = gi[..., : 2 * H], gi[..., 2 * H:]
             h, out = h_all[layer], []
             for t in range(steps):  # torch's GRU cell, gates r, z, n: h' = n + z (h - n)
                 gh = torch.addmm(b_hh, h, w_hh)
-                rz = torch.add(gi[:, t, : 2 * H], gh[:, : 2 * H]).sigmoid_()
-                n = torch.addcmul(gi[:, t, 2 * H:], rz[:, :H], gh[:, 2 * H:]).tanh_()
-                new_h = torch.lerp(n, h, rz[:, H:])
-                h = new_h if t < uniform else torch.where(valid[:, t], new_h, h)
+                rz = torch.add(gi_rz[:, t], gh[:, : 2 * H]).sigmoid_()
+                h = torch.lerp(torch.addcmul(gi_n[:, t], rz[:, :H], gh[:, 2 * H:]).tanh_(), h, rz[:, H:])
                 out.append(h)
-            h_all[layer] = h
-            x = torch.stack(out, dim=1).view(-1, H)
+            x = torch.stack(out, dim=1)  # (B, T, H)
+            h_all[layer] = x[last]
+            x = x.view(-1, H)
         self.h[:, index] = h_all
 
 
