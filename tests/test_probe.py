@@ -1,6 +1,7 @@
 """Landmark probe: target normalisation, metrics by hand, the renderer audio path's shapes, determinism, outputs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,3 +202,21 @@ def test_cli_refuses_to_overwrite(grid_dataset, tmp_path):
     assert probe.main([str(grid_dataset), "stft", "-o", str(tmp_path), "--val-clips", "2", "--steps", "2",
                        "--seeds", "0", "-f"]) == 0
     assert "stft" in json.loads((tmp_path / "probe.json").read_text())["features"]
+
+
+def test_offset_check_finds_a_known_shift():
+    """benchmarks/quality/offsets.py: a mouth opening predicted 3 frames late reads as the audio 3 frames late."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "quality" / "offsets.py"
+    spec = importlib.util.spec_from_file_location("offsets", path)
+    offsets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(offsets)
+    rng = np.random.default_rng(0)
+    true = np.convolve(rng.normal(size=90), np.ones(4) / 4, mode="same")  # a smooth, non-periodic gap curve
+    for shift in (-4, 0, 3):
+        pred = np.roll(true, shift)  # pred[i] = true[i - shift]
+        valid = np.ones(90, bool)
+        valid[:5] = valid[-5:] = False  # the wrapped ends are not used
+        found, corr = offsets.best_shift(pred, true, valid, max_shift=6)
+        assert found == shift and len(corr) == 13 and max(corr) > 0.99
