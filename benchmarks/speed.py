@@ -34,6 +34,7 @@ from torch import nn
 
 import se4lip_features
 from se4lip_features import audio, extract
+from se4lip_features.baselines import MEL_HOP, MEL_N_FFT  # Wav2Lip's hparams
 from se4lip_features.model import SE4Lip
 
 HERE = Path(__file__).resolve().parent
@@ -117,28 +118,6 @@ def run_hubert(model, wav: np.ndarray, bf16: bool) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------- AVE-style encoder
 
-MEL_N_FFT, MEL_HOP, MEL_BANDS, MEL_FMIN, MEL_FMAX = 800, 200, 80, 55.0, 7600.0  # Wav2Lip's hparams
-
-
-def slaney_mel_filters(sr=16000, n_fft=MEL_N_FFT, n_mels=MEL_BANDS, fmin=MEL_FMIN, fmax=MEL_FMAX) -> np.ndarray:
-    """(n_mels, n_fft // 2 + 1) triangular filters on Slaney's mel scale with area normalisation."""
-
-    def to_mel(hz):
-        hz = np.asarray(hz, np.float64)
-        return np.where(hz < 1000, hz * 3 / 200, 15 + np.log(np.maximum(hz, 1e-10) / 1000) * 27 / np.log(6.4))
-
-    def to_hz(mel):
-        mel = np.asarray(mel, np.float64)
-        return np.where(mel < 15, mel * 200 / 3, 1000 * np.exp((mel - 15) * np.log(6.4) / 27))
-
-    edges = to_hz(np.linspace(to_mel(fmin), to_mel(fmax), n_mels + 2))
-    bins = np.linspace(0, sr / 2, n_fft // 2 + 1)
-    lower = (bins[None, :] - edges[:-2, None]) / (edges[1:-1] - edges[:-2])[:, None]
-    upper = (edges[2:, None] - bins[None, :]) / (edges[2:] - edges[1:-1])[:, None]
-    filters = np.maximum(0, np.minimum(lower, upper))
-    return (filters * (2 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
-
-
 class ConvBlock(nn.Module):
     """Conv2d + BatchNorm + ReLU, the input added before the ReLU when ``residual``."""
 
@@ -174,7 +153,8 @@ class AveStyleExtractor:
 
     def __init__(self, batch_size: int):
         self.encoder = AveStyleEncoder().eval()
-        self.filters = torch.from_numpy(slaney_mel_filters())
+        self.filters = torch.from_numpy(audio.mel_filterbank(audio.SAMPLE_RATE, MEL_N_FFT, audio.MEL_BANDS,
+                                                              audio.MEL_FMIN, audio.MEL_FMAX))
         self.window = torch.hann_window(MEL_N_FFT, periodic=True)
         self.batch_size = batch_size
 

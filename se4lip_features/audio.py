@@ -15,6 +15,9 @@ HOP_LENGTH = 128  # 8 ms at 16 kHz: 125 STFT frames per second
 N_FREQ = N_FFT // 2 + 1  # 257 linear-frequency bins, 0-8 kHz
 LOG_EPS = 1e-5  # floor of the magnitude before the log
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 96000  # input rates we accept
+# Wav2Lip / SyncTalk-AVE's mel bands: the log-mel baseline and the ablation's mel front end
+MEL_BANDS = 80
+MEL_FMIN, MEL_FMAX = 55.0, 7600.0  # Hz
 
 assert WIN_LENGTH <= N_FFT and N_FFT % HOP_LENGTH == 0, "STFT constants are inconsistent"
 

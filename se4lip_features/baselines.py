@@ -28,16 +28,14 @@ import numpy as np
 import torch
 
 from . import audio
-from .audio import SAMPLE_RATE, mel_filterbank
-from .extract import LAYOUTS, check_options, substep_grid, too_short_message
+from .audio import MEL_BANDS, MEL_FMAX, MEL_FMIN, SAMPLE_RATE, mel_filterbank
+from .extract import LAYOUTS, check_options, framed_waveform, substep_grid
 
 PRE_EMPHASIS = 0.97
 
-# Wav2Lip hparams (also SyncTalk's AVE front end)
+# Wav2Lip hparams (also SyncTalk's AVE front end); its 80 bands, 55-7600 Hz, are audio.MEL_*
 MEL_N_FFT = 800  # 50 ms at 16 kHz
 MEL_HOP = 200  # 12.5 ms: 80 mel frames per second (only in wav2lip_melspectrogram)
-MEL_BANDS = 80
-MEL_FMIN, MEL_FMAX = 55.0, 7600.0  # Hz
 MEL_MIN_LEVEL_DB = -100.0
 MEL_REF_LEVEL_DB = 20.0
 MEL_MAX_ABS = 4.0  # symmetric normalisation to [-4, 4]
@@ -162,10 +160,7 @@ class Baseline:
         np.ndarray float32 (N, W, dim), N = round(duration * fps), row i centred on t = i / fps
         """
         check_options(fps, layout)
-        wav16 = audio.prepare_waveform(wav, sr, name=name)
-        n = audio.frame_count(len(wav16), fps)
-        if n < 1:
-            raise audio.AudioError(too_short_message(name, len(wav16), fps))
+        wav16, n = framed_waveform(wav, sr, fps, name)
         times, index = substep_grid(n, fps, LAYOUTS[layout])
         return self.substeps(wav16, times, 1.0 / (2 * fps))[index]
 

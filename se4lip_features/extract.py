@@ -113,10 +113,7 @@ class Extractor:
         np.ndarray float32 (N, W, dim)
         """
         check_options(fps, layout, batch_size)
-        wav16 = audio.prepare_waveform(wav, sr, name=name)
-        n = audio.frame_count(len(wav16), fps)
-        if n < 1:
-            raise audio.AudioError(too_short_message(name, len(wav16), fps))
+        wav16, n = framed_waveform(wav, sr, fps, name)
         out = np.empty((n, LAYOUTS[layout], self.dim), np.float32)
         step = round(CHUNK_SECONDS * audio.SAMPLE_RATE)
         blocks = (wav16[start: start + step] for start in range(0, len(wav16), step))
@@ -269,6 +266,18 @@ def check_options(fps: float, layout: str, batch_size: int = 1) -> None:
         raise ValueError(f"fps must be positive and finite, got {fps}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+
+def framed_waveform(wav: np.ndarray, sr: int, fps: float, name: str) -> tuple[np.ndarray, int]:
+    """The checked 16 kHz mono waveform and its number of video frames, N = round(duration * fps) >= 1.
+
+    Raises :class:`audio.AudioError` naming ``name`` for unusable audio or audio shorter than one frame.
+    """
+    wav16 = audio.prepare_waveform(wav, sr, name=name)
+    n = audio.frame_count(len(wav16), fps)
+    if n < 1:
+        raise audio.AudioError(too_short_message(name, len(wav16), fps))
+    return wav16, n
 
 
 def too_short_message(name: str, n_samples: int, fps: float) -> str:

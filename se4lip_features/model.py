@@ -13,8 +13,6 @@ from . import audio
 
 FRONT_ENDS = ("stft", "mel")
 SPEECH_ENCODERS = ("gru", "cnn")
-# Mel bands of the "mel" front end: Wav2Lip / SyncTalk-AVE's 80 Slaney bands, 55-7600 Hz
-MEL_BANDS, MEL_FMIN, MEL_FMAX = 80, 55.0, 7600.0
 
 
 @dataclass(frozen=True)
@@ -80,8 +78,8 @@ class SpeechEncoder(nn.Module):
         super().__init__()
         n_in, basis = audio.N_FREQ, None
         if cfg.front_end == "mel":
-            basis = torch.from_numpy(audio.mel_filterbank(cfg.sample_rate, cfg.n_fft, MEL_BANDS, MEL_FMIN, MEL_FMAX))
-            n_in, basis = MEL_BANDS, basis.T.contiguous()  # (257, 80)
+            basis = audio.mel_filterbank(cfg.sample_rate, cfg.n_fft, audio.MEL_BANDS, audio.MEL_FMIN, audio.MEL_FMAX)
+            n_in, basis = audio.MEL_BANDS, torch.from_numpy(basis).T.contiguous()  # (257, 80)
         self.register_buffer("mel_basis", basis, persistent=False)  # fixed, rebuilt from the config
         # Per-feature statistics of the training data; part of the weights.
         self.register_buffer("spec_mean", torch.zeros(n_in))

@@ -274,7 +274,7 @@ def ablation_section(res: dict) -> list[str]:
     budgets = {}
     for label, d in designs.items():
         budgets.setdefault((d["steps"], d["clips_per_batch"], d["lip_span"]), []).append(label)
-    groups = [labels for labels in budgets.values() if len({designs[x]["name"] for x in labels}) > 1]
+    groups = {budget: labels for budget, labels in budgets.items() if len({designs[x]["name"] for x in labels}) > 1}
     if not groups:
         return [("(not run: pass weights of more than one design trained on the same budget with --weights, "
                  "e.g. se4lip-train --front-end mel --speech-encoder cnn)")]
@@ -284,8 +284,7 @@ def ablation_section(res: dict) -> list[str]:
             "Slaney filters) and the speech encoder (the 8-layer GRU, or a 2-D CNN sized to cost about the "
             "GRU's training step). LMD and r from the probe above; sync accuracy on the same held-out "
             "utterances. Training wall time: each run's own.")]
-    for labels in groups:
-        steps, clips, span = next((k for k, v in budgets.items() if v is labels))
+    for (steps, clips, span), labels in groups.items():
         labels = sorted(labels, key=lambda x: PAPER_ORDER.index(designs[x]["name"]))
         out += ["", f"Budget: {steps} steps of {clips} clips x {span} lip windows each.", "",
                 "| speech encoder | LMD (px) ↓ | mouth-opening r ↑ | sync accuracy | exact | train (min) | weights |",
