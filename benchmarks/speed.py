@@ -15,7 +15,7 @@ with matplotlib) into ``--out``.
   fp32 and bf16 autocast.
 
     pip install -e ".[benchmarks]"
-    python benchmarks/speed.py --weights /work/runs/v1/final.safetensors --threads 2
+    python benchmarks/speed.py --weights se4lip-grid-s1-v1 --threads 2
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ FPS = 25.0
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", help="SE4Lip .safetensors (default: random weights of the default config, "
-                                     "which cost the same)")
+    p.add_argument("--weights", nargs="+", default=[None], help="SE4Lip weights: released names or .safetensors "
+                   "files (default: random weights of the default config, which cost the same)")
     p.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="folder of speech videos or audio files")
     p.add_argument("--seconds", type=float, default=60.0, help="audio to extract (default: %(default)g)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
@@ -187,7 +187,8 @@ class AveStyleExtractor:
 def se4lip(weights: str | None, precision: str) -> extract.Extractor:
     if weights:
         return se4lip_features.load(weights, device="cpu", precision=precision)
-    model = SE4Lip(se4lip_features.model.ModelConfig()).eval()
+    cfg = se4lip_features.load(device="cpu").config  # the default weights' design
+    model = SE4Lip(cfg).eval()
     return extract.Extractor(model, {"name": "random", "sha256": ""}, torch.device("cpu"), precision)
 
 
@@ -243,9 +244,8 @@ def sync_accuracy(encoders: dict, data_dir: Path, split: Path | None) -> dict:
         clips = data.split(60)[1]
     out = {}
     for precision, enc in encoders.items():
-        with enc.matmul_precision():  # the fast path's setting around the evaluation's encoder calls
-            results = [evaluate.clip_sync(enc.model, data.clip_audio(c), data.clip_lips(c), data.clip_valid(c),
-                                          data.fps) for c in clips]
+        results = [evaluate.clip_sync(enc.model, data.clip_audio(c), data.clip_lips(c), data.clip_valid(c), data.fps,
+                                      embed=enc.embed) for c in clips]  # the speech windows through the fast path
         out[precision] = summary = evaluate.sync_summary(results)
         print(f"held-out sync, {len(clips)} clips, {precision}: accuracy {summary['accuracy']:.3f}, exact "
               f"{summary['exact_accuracy']:.3f}, frame-level within 1 {summary['frame_within1']:.3f}, confidence "
@@ -261,11 +261,12 @@ def main(argv=None) -> int:
     print(f"{duration:g} s of speech, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}", flush=True)
     jobs = {}
-    for precision in extract.PRECISIONS:
-        enc = se4lip(args.weights, precision)
-        for layout in extract.LAYOUTS:
-            jobs[f"se4lip {layout} {precision}"] = (
-                lambda enc=enc, layout=layout: enc.extract(wav, audio.SAMPLE_RATE, FPS, layout))
+    for weights in args.weights:
+        for precision in extract.PRECISIONS:
+            enc = se4lip(weights, precision)
+            for layout in extract.LAYOUTS:
+                jobs[f"se4lip {enc.name} {layout} {precision}"] = (
+                    lambda enc=enc, layout=layout: enc.extract(wav, audio.SAMPLE_RATE, FPS, layout))
     if "ave" not in args.skip:
         ave = AveStyleExtractor(batch_size=extract.DEFAULT_BATCH)
         jobs["ave-style fp32"] = lambda: ave(wav)
@@ -277,28 +278,31 @@ def main(argv=None) -> int:
     rows = timed(jobs, args.repeats, duration)
     del jobs
     for name, row in rows.items():
-        print(f"{name:28s} {row['s_per_s']:.4f} s per s of audio (best of {args.repeats}; median "
+        print(f"{name:44s} {row['s_per_s']:.4f} s per s of audio (best of {args.repeats}; median "
               f"{row['median_s_per_s']:.4f})", flush=True)
 
     stream = {}
     if "stream" not in args.skip:
         torch.set_num_threads(1)
         piece = wav[: round(args.stream_seconds * audio.SAMPLE_RATE)]
-        for precision in extract.PRECISIONS:
-            enc = se4lip(args.weights, precision)
-            for layout in extract.LAYOUTS:
-                stream[f"{layout} {precision}"] = r = stream_per_frame(enc, piece, layout)
-                print(f"stream {layout:6s} {precision}: {r['ms_per_frame_mean']:.2f} ms per 40 ms frame "
-                      f"(p50 {r['ms_per_frame_p50']:.2f}, p95 {r['ms_per_frame_p95']:.2f}; 1 thread), "
-                      f"latency {r['latency_ms']:.0f} ms", flush=True)
+        for weights in args.weights:
+            for precision in extract.PRECISIONS:
+                enc = se4lip(weights, precision)
+                for layout in extract.LAYOUTS:
+                    stream[f"{enc.name} {layout} {precision}"] = r = stream_per_frame(enc, piece, layout)
+                    print(f"stream {enc.name} {layout:6s} {precision}: {r['ms_per_frame_mean']:.2f} ms per 40 ms "
+                          f"frame (p50 {r['ms_per_frame_p50']:.2f}, p95 {r['ms_per_frame_p95']:.2f}; 1 thread), "
+                          f"latency {r['latency_ms']:.0f} ms", flush=True)
 
     quality = {}
-    if args.weights:
-        torch.set_num_threads(args.threads)
-        encoders = {precision: se4lip(args.weights, precision) for precision in extract.PRECISIONS}
-        quality["features"] = fidelity(encoders["fp32"], encoders["bf16"], wav)
+    torch.set_num_threads(args.threads)
+    for weights in filter(None, args.weights):
+        encoders = {precision: se4lip(weights, precision) for precision in extract.PRECISIONS}
+        name = encoders["fp32"].name
+        print(name, flush=True)
+        quality[name] = {"features": fidelity(encoders["fp32"], encoders["bf16"], wav)}
         if args.sync_data:
-            quality["sync"] = sync_accuracy(encoders, args.sync_data, args.split)
+            quality[name]["sync"] = sync_accuracy(encoders, args.sync_data, args.split)
 
     ratios = {}
     for name, row in rows.items():
@@ -307,10 +311,11 @@ def main(argv=None) -> int:
                             for other in rows if not other.startswith("se4lip")}
     print("\nhow many times faster SE4Lip is than each baseline:")
     for name, r in ratios.items():
-        print(f"  {name:22s} " + "  ".join(f"{other}: {x:.1f}x" for other, x in r.items()))
+        print(f"  {name:40s} " + "  ".join(f"{other}: {x:.1f}x" for other, x in r.items()))
 
     result = {
-        "audio_s": duration, "threads": args.threads, "repeats": args.repeats, "weights": args.weights or "random",
+        "audio_s": duration, "threads": args.threads, "repeats": args.repeats,
+        "weights": [w or "random" for w in args.weights],
         "machine": {"processor": platform.processor(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "torch": torch.__version__, "python": sys.version.split()[0]},
         "s_per_s": {name: row["s_per_s"] for name, row in rows.items()}, "runs": rows, "ratios": ratios,

@@ -159,9 +159,20 @@ def speech_windows(wav: torch.Tensor, centres: torch.Tensor, n_stft_frames: int)
     -------
     torch.Tensor, float32, shape (n_windows, n_stft_frames, 257)
     """
-    offsets = torch.arange(n_stft_frames, device=wav.device) * HOP_LENGTH - window_samples(n_stft_frames) // 2
-    starts, which = torch.unique(centres.to(wav.device)[:, None] + offsets, return_inverse=True)
+    starts, which = window_frames(centres.to(wav.device), n_stft_frames)
     return log_stft_frames(wav, starts)[which]
+
+
+def window_frames(centres: torch.Tensor, n_stft_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct STFT frames of windows centred on ``centres``, and which of them each window reads.
+
+    Returns
+    -------
+    starts : int64 (n_distinct,) first sample of each distinct frame, ascending
+    which : int64 (n_windows, n_stft_frames) indices into ``starts``
+    """
+    offsets = torch.arange(n_stft_frames, device=centres.device) * HOP_LENGTH - window_samples(n_stft_frames) // 2
+    return torch.unique(centres[:, None] + offsets, return_inverse=True)
 
 
 def log_stft_frames(wav: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:

@@ -362,10 +362,9 @@ def _eval_sync(args) -> int:
             wanted = set(json.loads(text)["val"] if text.lstrip().startswith("{") else text.split())
             clips = [c for c in clips if c.id in wanted]
         results = {}
-        with extractor.matmul_precision():
-            for clip in tqdm(clips, desc="sync", unit="clip"):
-                results[clip.id] = evaluate.clip_sync(model, data.clip_audio(clip), data.clip_lips(clip),
-                                                      data.clip_valid(clip), data.fps)
+        for clip in tqdm(clips, desc="sync", unit="clip"):
+            results[clip.id] = evaluate.clip_sync(model, data.clip_audio(clip), data.clip_lips(clip),
+                                                  data.clip_valid(clip), data.fps, embed=extractor.embed)
     report = {"weights": extractor.name, "weights_sha256": extractor.sha256, "precision": args.precision,
               "summary": evaluate.sync_summary(
         list(results.values())), "clips": results}

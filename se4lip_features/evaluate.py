@@ -25,18 +25,25 @@ def lip_embeddings(model, lips: np.ndarray, centres: np.ndarray, batch_size: int
 
 
 @torch.inference_mode()
-def speech_embeddings(model, wav: np.ndarray, frames: np.ndarray, fps: float, batch_size: int = 256):
-    """Unit-norm speech embeddings of the windows centred on the given (possibly out-of-range) frames."""
+def speech_embeddings(model, wav: np.ndarray, frames: np.ndarray, fps: float, batch_size: int = 256,
+                      embed=None) -> torch.Tensor:
+    """Unit-norm speech embeddings of the windows centred on the given (possibly out-of-range) frames.
+
+    ``embed(wav, centres)`` computes them from the waveform and the windows' centre samples, e.g.
+    :meth:`se4lip_features.Extractor.embed` with its precision; by default the model's ``encode_speech``.
+    """
     device = next(model.parameters()).device
     wav = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).to(device)
     centres = torch.from_numpy(np.round(np.asarray(frames) / fps * audio.SAMPLE_RATE).astype(np.int64))
+    if embed is not None:
+        return embed(wav, centres, batch_size)
     out = [model.encode_speech(audio.speech_windows(wav, centres[s: s + batch_size], model.config.n_stft_frames))
            for s in range(0, len(centres), batch_size)]
     return torch.cat(out)
 
 
 def clip_sync(model, wav: np.ndarray, lips: np.ndarray, valid: np.ndarray, fps: float,
-              max_shift: int = MAX_SHIFT) -> dict:
+              max_shift: int = MAX_SHIFT, embed=None) -> dict:
     """Audio-visual offset of one clip, SyncNet-style.
 
     Every valid lip window i is compared with the speech window at frame i + s for s in
@@ -48,6 +55,7 @@ def clip_sync(model, wav: np.ndarray, lips: np.ndarray, valid: np.ndarray, fps: 
     ----------
     wav : float32 (n_samples,) at 16 kHz, starting with frame 0
     lips : uint8 (n_frames, H, W, 3) lip crops; valid : bool (n_frames,)
+    embed : how speech windows are encoded (see :func:`speech_embeddings`); default the model's own
 
     Returns
     -------
@@ -62,7 +70,7 @@ def clip_sync(model, wav: np.ndarray, lips: np.ndarray, valid: np.ndarray, fps: 
         raise ValueError("no valid 5-frame lip window in the clip")
     shifts = np.arange(-max_shift, max_shift + 1)
     first = centres[0] - max_shift
-    a = speech_embeddings(model, wav, np.arange(first, centres[-1] + max_shift + 1), fps)
+    a = speech_embeddings(model, wav, np.arange(first, centres[-1] + max_shift + 1), fps, embed=embed)
     v = lip_embeddings(model, lips, centres)
     idx = torch.from_numpy(centres[:, None] + shifts[None, :] - first)  # (n, n_shifts) rows of a
     dist = (v[:, None, :] - a[idx]).norm(dim=-1).cpu().numpy()  # (n, n_shifts)

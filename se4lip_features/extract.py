@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import __version__, audio, weights
 from .weights import sha256_file
@@ -23,8 +24,9 @@ log = logging.getLogger(__name__)
 LAYOUTS = {"ds": 16, "hubert": 2, "ave": 1}
 DEFAULT_BATCH = 256  # speech windows per encoder call
 CHUNK_SECONDS = 30.0  # audio per step of long extractions: memory is bounded by this, not by the duration
-# "bf16": oneDNN rounds the inputs of every fp32 matmul to bf16 and accumulates in fp32 (AMX / AVX-512 BF16);
-# the GRU's state, gates and outputs stay fp32. On CPUs without bf16 it changes nothing.
+# "bf16", the CPU fast path (AMX / AVX-512 BF16; on CPUs without bf16 it changes nothing): the GRU's matmuls
+# round their inputs to bf16 and accumulate in fp32 (state, gates and outputs stay fp32); the CNN runs under
+# bf16 autocast. The front end is fp32 in both.
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -38,6 +40,7 @@ class Extractor:
             raise ValueError(f"precision 'bf16' is a CPU fast path; on {device.type} use 'fp32'")
         self.model, self.info, self.device, self.precision = model, info, device, precision
         self.config = model.config
+        self.speech = model.speech.for_inference()  # the speech encoder that extraction runs
         self.dim = self.config.embed_dim
         # Embeddings are unit vectors; times sqrt(dim) gives each channel unit RMS, the scale of the
         # unnormalised features (DeepSpeech logits, HuBERT states) the renderers' AudioNet was tuned on.
@@ -52,12 +55,18 @@ class Extractor:
         return self.info["sha256"]
 
     @contextlib.contextmanager
-    def matmul_precision(self):
-        """Run the encoder's matmuls in bf16 (fp32 accumulation) when ``precision`` is "bf16"."""
+    def precision_scope(self):
+        """The arithmetic of ``precision`` around speech encoder calls (nothing changes for "fp32")."""
         if self.precision == "fp32":
             yield
             return
-        # A process-wide oneDNN setting, so it is restored as soon as the encoder call returns.
+        if self.config.speech_encoder == "cnn":
+            # Convolutions in bf16 end to end; the CNN's BatchNorm is folded (SpeechEncoder.for_inference).
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                yield
+            return
+        # Not autocast for the GRU: it would run the gates and the state in bf16 too. A process-wide oneDNN
+        # setting, so it is restored as soon as the encoder call returns.
         previous = torch.backends.mkldnn.matmul.fp32_precision
         torch.backends.mkldnn.matmul.fp32_precision = "bf16"
         try:
@@ -70,6 +79,9 @@ class Extractor:
               progress: bool = False) -> torch.Tensor:
         """Unit-norm speech embeddings of windows centred on given samples.
 
+        The input features of each distinct STFT frame are computed once (in fp32), however many windows
+        hold it: at 50 windows per second each frame is in about ten.
+
         Parameters
         ----------
         wav : float32 (n_samples,) at 16 kHz
@@ -81,13 +93,15 @@ class Extractor:
         """
         from tqdm import tqdm
 
-        wav = wav.to(self.device)
+        wav, centres = wav.to(self.device), centres.to(self.device)
         out = []
         batches = range(0, len(centres), batch_size)
-        with self.matmul_precision():
-            for start in tqdm(batches, desc="extract", unit="batch", leave=False, disable=not progress):
-                spec = audio.speech_windows(wav, centres[start: start + batch_size], self.config.n_stft_frames)
-                out.append(self.model.encode_speech(spec))
+        for start in tqdm(batches, desc="extract", unit="batch", leave=False, disable=not progress):
+            starts, which = audio.window_frames(centres[start: start + batch_size], self.config.n_stft_frames)
+            x = self.speech.inputs(audio.log_stft_frames(wav, starts))  # (n_distinct, n_in)
+            with self.precision_scope():
+                emb = self.speech.encode(x[which])  # (batch, dim)
+            out.append(F.normalize(emb.float(), dim=-1))
         if not out:
             return torch.zeros(0, self.dim, device=self.device)
         return torch.cat(out)

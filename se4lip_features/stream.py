@@ -28,7 +28,7 @@ class ProgressiveFrames(FrameStream):
         super().__init__(extractor, fps, layout, batch_size)
         speech = extractor.model.speech
         self.n_stft = extractor.config.n_stft_frames
-        self.features, self.mean, self.std = speech.features, speech.spec_mean, speech.spec_std
+        self.inputs = speech.inputs
         gru = speech.gru
         # (in, 3H) and (H, 3H) copies: with a few rows per matmul, a contiguous right-hand side is ~1.7x faster
         self.layers = [(getattr(gru, f"weight_ih_l{k}").detach().t().contiguous(),
@@ -87,7 +87,7 @@ class ProgressiveFrames(FrameStream):
         frame_starts, which = np.unique(starts[:, None] + k * audio.HOP_LENGTH - self.offset, return_inverse=True)
         device = self.h.device
         frames = audio.log_stft_frames(torch.from_numpy(self.samples).to(device), torch.from_numpy(frame_starts))
-        x = (self.features(frames) - self.mean) / self.std  # (n_distinct, F)
+        x = self.inputs(frames)  # (n_distinct, F)
         which = torch.from_numpy(which.reshape(-1)).to(device)  # (B * T,) rows of x
         index = torch.from_numpy(rows).to(device)
         h_all = self.h[:, index]  # (layers, B, H)
@@ -126,8 +126,9 @@ class StreamingExtractor:
 
     Parameters
     ----------
-    extractor : from :func:`se4lip_features.load`; streaming computes in fp32 whatever its ``precision``
-        (a push encodes a dozen windows at a time, where bf16 is no faster)
+    extractor : from :func:`se4lip_features.load`. A GRU encoder streams in fp32 whatever its ``precision``
+        (a push advances a dozen windows at a time, where bf16 is no faster); a CNN encoder encodes each
+        window once complete, with the extractor's ``precision``
     fps, layout : as for :meth:`Extractor.extract`
     sr : rate of the pushed audio; other rates than 16 kHz go through soxr's streaming resampler (the
         offline one, sample for sample), whose filter delays the output by a few ms more

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-from se4lip_features import weights
 from se4lip_features.adapters import common, patch, synctalk, talkinggaussian
 from se4lip_features.adapters.common import CheckpointError, FeatureError
+
+from se4lip_features import weights
 from se4lip_features.extract import extract_file, sidecar_path
 from se4lip_features.model import ModelConfig, SE4Lip
 

@@ -80,13 +80,13 @@ def test_row_i_is_centred_on_i_over_fps(extractor, fps, layout):
 
 def test_each_sub_step_is_encoded_once_in_batches(extractor, speech, monkeypatch):
     batches = []
-    encode = extractor.model.encode_speech
+    encode = extractor.speech.encode
 
-    def counting(spec):
-        batches.append(len(spec))
-        return encode(spec)
+    def counting(x):
+        batches.append(len(x))
+        return encode(x)
 
-    monkeypatch.setattr(extractor.model, "encode_speech", counting)
+    monkeypatch.setattr(extractor.speech, "encode", counting)
     feats = extractor.extract(*speech, fps=25, layout="ds", batch_size=8)
     n = feats.shape[0]
     assert sum(batches) == 2 * (n - 1) + 16  # 74 distinct sub-steps for 30 frames, not 30 x 16 = 480

@@ -1,12 +1,15 @@
 """Fast paths (bf16 matmuls on CPU, batching, chunking) keep the features of the plain fp32 path, within stated
 tolerances; measured speeds live in benchmarks/speed.py, never here."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from conftest import SPEECH, TINY
 
-from se4lip_features import StreamingExtractor, extract
+from se4lip_features import StreamingExtractor, audio, extract
+from se4lip_features.model import SE4Lip
 
 BF16_CPU = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
@@ -37,11 +40,11 @@ def test_bf16_setting_does_not_leak(bf16, speech, monkeypatch):
     bf16.extract(*speech, layout="ave")
     assert torch.backends.mkldnn.matmul.fp32_precision == before
 
-    def failing(spec):
+    def failing(x):
         assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(bf16.model, "encode_speech", failing)
+    monkeypatch.setattr(bf16.speech, "encode", failing)
     with pytest.raises(RuntimeError, match="out of memory"):
         bf16.extract(*speech, layout="ave")
     assert torch.backends.mkldnn.matmul.fp32_precision == before
@@ -88,3 +91,42 @@ def test_probe_labels_the_fast_path(tiny_weights):
     label, ex = load_features(str(tiny_weights), precision="bf16")
     assert (label, ex.precision) == ("se4lip:tiny bf16", "bf16")
     assert load_features(str(tiny_weights))[0] == "se4lip:tiny"
+
+
+@pytest.fixture(scope="module")
+def cnn_model():
+    """The ablation's Mel + CNN encoder, with BatchNorm statistics far from the identity (as after training)."""
+    torch.manual_seed(0)
+    model = SE4Lip(dataclasses.replace(TINY, front_end="mel", speech_encoder="cnn")).eval()
+    for bn in (m for m in model.speech.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.3, 3.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+def test_folding_batchnorm_keeps_the_cnn_function(cnn_model, speech):
+    spec = audio.speech_windows(torch.from_numpy(speech[0]), torch.arange(0, len(speech[0]), 640), TINY.n_stft_frames)
+    folded = cnn_model.speech.for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in cnn_model.speech.modules()) == 8  # a copy was folded
+    with torch.inference_mode():
+        exact, got = cnn_model.speech(spec), folded(spec)
+    assert exact.abs().mean() > 0.1
+    np.testing.assert_allclose(got.numpy(), exact.numpy(), rtol=1e-4, atol=1e-5)
+    gru = SE4Lip(TINY).speech
+    assert gru.for_inference() is gru  # nothing to fold
+
+
+@pytest.mark.parametrize("layout", ["ds", "ave"])
+def test_cnn_bf16_autocast_is_close_to_fp32(cnn_model, speech, layout):
+    info = {"name": "tiny-cnn", "sha256": ""}
+    exact = extract.Extractor(cnn_model, info, torch.device("cpu")).extract(*speech, layout=layout)
+    fast = extract.Extractor(cnn_model, info, torch.device("cpu"), "bf16").extract(*speech, layout=layout)
+    assert fast.dtype == np.float32 and fast.shape == exact.shape
+    # bf16 activations through 9 convolutions: 8 bits of mantissa each, fp32 accumulation
+    assert cosine(fast, exact).min() > 0.999
+    if BF16_CPU:
+        assert np.abs(fast - exact).max() > 1e-4
+    assert not torch.is_autocast_enabled("cpu")  # the scope ended with the call

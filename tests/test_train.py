@@ -13,7 +13,7 @@ import torch
 from se4lip_features import evaluate, weights
 from se4lip_features.data import PreparedData
 from se4lip_features.loss import cosine_bce, pair_losses
-from se4lip_features.model import ModelConfig
+from se4lip_features.model import ModelConfig, SpeechEncoder
 from se4lip_features.train import TrainConfig, WindowSampler, speech_specs, train
 
 TINY_MODEL = ModelConfig(gru_hidden=16, gru_layers=2, embed_dim=32)
@@ -229,18 +229,20 @@ def test_eval_sync_runs_the_fast_path_when_asked(dataset, tmp_path, tiny_weights
     from se4lip_features.cli import eval_main
 
     seen = []
-    real = evaluate.clip_sync
+    real = SpeechEncoder.encode
 
-    def recording(*args, **kw):
+    def recording(self, x):  # the speech windows of every clip go through the extractor's precision
         seen.append(torch.backends.mkldnn.matmul.fp32_precision)
-        return real(*args, **kw)
+        return real(self, x)
 
-    monkeypatch.setattr(evaluate, "clip_sync", recording)
+    monkeypatch.setattr(SpeechEncoder, "encode", recording)
+    calls = {}
     for precision in ("bf16", "fp32"):
         out = tmp_path / f"{precision}.json"
         assert eval_main(["sync", str(dataset), "--weights", str(tiny_weights), "--precision", precision,
                           "-o", str(out)]) == 0
         assert json.loads(out.read_text())["precision"] == precision
+        calls[precision], seen[:] = list(seen), []
     n = len(PreparedData(dataset).clips)
-    assert seen[:n] == ["bf16"] * n and "bf16" not in seen[n:]
+    assert calls["bf16"] == ["bf16"] * n and "bf16" not in calls["fp32"] and len(calls["fp32"]) == n  # a batch per clip
     assert torch.backends.mkldnn.matmul.fp32_precision != "bf16"  # restored
