@@ -1,6 +1,6 @@
 """SE4Lip speech-lip encoder features for talking-head renderers."""
 
-__version__ = "0.1.0"  # before the imports: extract.py records it in every sidecar
+__version__ = "0.2.0"  # before the imports: extract.py records it in every sidecar
 
 from .extract import Extractor, load
 from .stream import StreamingExtractor

@@ -102,9 +102,10 @@ def extract_parser() -> argparse.ArgumentParser:
 
 def _add_precision_flag(parser) -> None:
     parser.add_argument("--precision", choices=extract.PRECISIONS, default="fp32",
-                        help="bf16: CPU fast path, matmuls in bf16 with fp32 accumulation, about 2x faster on "
-                             "CPUs with AVX-512 BF16 or AMX; same held-out sync accuracy and landmark error as "
-                             "fp32 (see the README's performance table) (default: %(default)s)")
+                        help="bf16: the CPU fast path for CPUs with AVX-512 BF16 or AMX (the GRU's matmuls, or "
+                             "the CNN's convolutions, in bf16 with fp32 accumulation); held-out sync accuracy and "
+                             "landmark error as in fp32, see the README's performance section (default: "
+                             "%(default)s)")
 
 
 def extract_main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import se4lip_features
-from se4lip_features import available_models, extract, weights
+from se4lip_features import audio, available_models, extract, weights
 from se4lip_features.weights import WeightsError
 
 RELEASED = "se4lip-test-v1"
@@ -229,13 +229,39 @@ def test_hub_cache_from_the_environment_of_a_new_process(tmp_path, tiny_weights)
     assert done.stdout.strip() == weights.sha256_file(tiny_weights)
 
 
-def test_shipped_default_weights_load_offline_and_match_the_registry(monkeypatch):
+# Released names -> (front end, speech encoder); names are never re-pointed, so these never change.
+SHIPPED = {"se4lip-grid-s1-melcnn-v1": ("mel", "cnn"), "se4lip-grid-s1-v1": ("stft", "gru")}
+
+
+def test_the_default_is_the_mel_cnn_release():
+    assert weights.DEFAULT_NAME == "se4lip-grid-s1-melcnn-v1"
+    assert available_models() == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_weights_load_offline_and_match_the_registry(name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    enc = se4lip_features.load(device="cpu")
-    assert (enc.name, enc.dim) == ("se4lip-grid-s1-v1", 512)
-    assert enc.sha256 == weights.REGISTRY["se4lip-grid-s1-v1"] == weights.sha256_file(weights.resolve()[0])
-    assert enc.config.gru_layers == 8 and (enc.config.lip_height, enc.config.lip_width) == (48, 96)
+    enc = se4lip_features.load(name, device="cpu")
+    assert (enc.name, enc.dim) == (name, 512)
+    assert enc.sha256 == weights.REGISTRY[name] == weights.sha256_file(weights.resolve(name)[0])
+    assert (enc.config.front_end, enc.config.speech_encoder) == SHIPPED[name]
+    assert (enc.config.lip_height, enc.config.lip_width) == (48, 96)
     wav, sr = soundfile.read(SPEECH, dtype="float32")
     feats = enc.extract(wav, sr)
     assert feats.shape == (30, 16, 512) and np.isfinite(feats).all()
     np.testing.assert_allclose(np.linalg.norm(feats, axis=-1), np.sqrt(512), rtol=1e-4)  # unit embeddings x sqrt(D)
+    # Extraction's path (features once per STFT frame, BatchNorm folded) is the model's own function
+    times, index = extract.substep_grid(len(feats), 25.0, 16)
+    centres = torch.from_numpy(np.round(times * 16000).astype(np.int64))
+    spec = audio.speech_windows(torch.from_numpy(wav), centres, enc.config.n_stft_frames)
+    with torch.inference_mode():
+        reference = enc.model.encode_speech(spec).numpy() * np.sqrt(512)
+    np.testing.assert_allclose(feats, reference[index], atol=2e-4)
+
+
+def test_default_weights_keep_their_features_on_the_bf16_path():
+    wav, sr = soundfile.read(SPEECH, dtype="float32")
+    exact = se4lip_features.load(device="cpu").extract(wav, sr, layout="ave")
+    fast = se4lip_features.load(device="cpu", precision="bf16").extract(wav, sr, layout="ave")
+    cos = (exact * fast).sum(-1) / (np.linalg.norm(exact, axis=-1) * np.linalg.norm(fast, axis=-1))
+    assert cos.min() > 0.995
