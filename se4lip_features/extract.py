@@ -57,7 +57,7 @@ class Extractor:
     @contextlib.contextmanager
     def _precision_scope(self):
         """The arithmetic of ``precision`` around speech encoder calls (nothing changes for "fp32")."""
-        if self.precision == "fp32":
+        if self.precision == "fp32" or not _cpu_has_bf16():  # emulated bf16 would only be slower
             yield
             return
         if self.config.speech_encoder == "cnn":
@@ -271,6 +271,11 @@ class FrameStream:
         if cut > 0:
             self.samples, self.offset = self.samples[cut:].copy(), self.offset + cut
         return rows
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def check_options(fps: float, layout: str, batch_size: int = 1) -> None:

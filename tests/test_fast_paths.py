@@ -11,7 +11,7 @@ from conftest import SPEECH, TINY
 from se4lip_features import StreamingExtractor, audio, extract
 from se4lip_features.model import SE4Lip
 
-BF16_CPU = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+BF16_CPU = extract._cpu_has_bf16()
 
 
 def cosine(a, b):
@@ -36,6 +36,7 @@ def test_bf16_features_are_close_to_fp32(extractor, bf16, speech, layout):
 
 
 def test_bf16_setting_does_not_leak(bf16, speech, monkeypatch):
+    monkeypatch.setattr(extract, "_cpu_has_bf16", lambda: True)  # the setting is made on any CPU then
     before = torch.backends.mkldnn.matmul.fp32_precision
     bf16.extract(*speech, layout="ave")
     assert torch.backends.mkldnn.matmul.fp32_precision == before
@@ -130,3 +131,12 @@ def test_cnn_bf16_autocast_is_close_to_fp32(cnn_model, speech, layout):
     if BF16_CPU:
         assert np.abs(fast - exact).max() > 1e-4
     assert not torch.is_autocast_enabled("cpu")  # the scope ended with the call
+
+
+def test_bf16_changes_nothing_on_cpus_without_it(cnn_model, bf16, extractor, speech, monkeypatch):
+    monkeypatch.setattr(extract, "_cpu_has_bf16", lambda: False)  # emulated bf16 would only be slower
+    np.testing.assert_array_equal(bf16.extract(*speech), extractor.extract(*speech))
+    info = {"name": "tiny-cnn", "sha256": ""}
+    exact = extract.Extractor(cnn_model, info, torch.device("cpu")).extract(*speech, layout="ave")
+    fast = extract.Extractor(cnn_model, info, torch.device("cpu"), "bf16").extract(*speech, layout="ave")
+    np.testing.assert_array_equal(fast, exact)
