@@ -26,7 +26,7 @@ class ProgressiveFrames(FrameStream):
 
     def __init__(self, extractor: Extractor, fps: float, layout: str, batch_size: int = DEFAULT_BATCH):
         super().__init__(extractor, fps, layout, batch_size)
-        speech = extractor.model.speech
+        speech = extractor.speech  # the encoder extraction runs (for the GRU, the model's own)
         self.n_stft = extractor.config.n_stft_frames
         self.inputs = speech.inputs
         gru = speech.gru

@@ -120,11 +120,14 @@ def test_folding_batchnorm_keeps_the_cnn_function(cnn_model, speech):
     assert gru.for_inference() is gru  # nothing to fold
 
 
+def cnn_features(model, speech, precision, layout="ave"):
+    return extract.Extractor(model, {"name": "tiny-cnn", "sha256": ""}, torch.device("cpu"),
+                             precision).extract(*speech, layout=layout)
+
+
 @pytest.mark.parametrize("layout", ["ds", "ave"])
 def test_cnn_bf16_autocast_is_close_to_fp32(cnn_model, speech, layout):
-    info = {"name": "tiny-cnn", "sha256": ""}
-    exact = extract.Extractor(cnn_model, info, torch.device("cpu")).extract(*speech, layout=layout)
-    fast = extract.Extractor(cnn_model, info, torch.device("cpu"), "bf16").extract(*speech, layout=layout)
+    exact, fast = (cnn_features(cnn_model, speech, precision, layout) for precision in ("fp32", "bf16"))
     assert fast.dtype == np.float32 and fast.shape == exact.shape
     # bf16 activations through 9 convolutions: 8 bits of mantissa each, fp32 accumulation
     assert cosine(fast, exact).min() > 0.999
@@ -136,7 +139,4 @@ def test_cnn_bf16_autocast_is_close_to_fp32(cnn_model, speech, layout):
 def test_bf16_changes_nothing_on_cpus_without_it(cnn_model, bf16, extractor, speech, monkeypatch):
     monkeypatch.setattr(extract, "_cpu_has_bf16", lambda: False)  # emulated bf16 would only be slower
     np.testing.assert_array_equal(bf16.extract(*speech), extractor.extract(*speech))
-    info = {"name": "tiny-cnn", "sha256": ""}
-    exact = extract.Extractor(cnn_model, info, torch.device("cpu")).extract(*speech, layout="ave")
-    fast = extract.Extractor(cnn_model, info, torch.device("cpu"), "bf16").extract(*speech, layout="ave")
-    np.testing.assert_array_equal(fast, exact)
+    np.testing.assert_array_equal(cnn_features(cnn_model, speech, "bf16"), cnn_features(cnn_model, speech, "fp32"))
