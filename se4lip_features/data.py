@@ -1,7 +1,8 @@
 """Prepared training data: aligned 16 kHz audio, lip crops and mouth landmarks, stored so training never decodes video.
 
 A prepared dataset is a folder holding
-    meta.json        crop size and scale, fps, landmark scheme, and one entry per clip (offsets, counts)
+    meta.json        crop size and scale, fps, landmark scheme, and one entry per clip (offsets, counts,
+                     silent samples padded where the audio track ended before the last frame)
     lips.npy         uint8 (n_frames_total, H, W, 3) lip crops, memory-mapped when read
     audio.npy        float32 (n_samples_total,) 16 kHz mono
     landmarks.npy    float32 (n_frames_total, n_mouth + 2, 2) mouth points then the two outer eye corners, pixels
@@ -37,17 +38,36 @@ class Clip:
     sample_start: int
     n_samples: int
     n_dropped: int
+    n_padded: int = 0  # silent samples appended at the end because the audio track ended early
+
+
+def _frame_sample(frame: int, fps: float) -> int:
+    """The first 16 kHz sample of video frame ``frame``: the one rule that cuts audio and frames together."""
+    return round(frame / fps * SAMPLE_RATE)
 
 
 def _clip_arrays(wav: np.ndarray, frames: np.ndarray, landmarks: np.ndarray, scheme, height, width, scale, fps):
-    """Crops, landmarks and validity for one clip; audio and video trimmed to the same duration."""
+    """Crops, landmarks and validity of a video's frames, and exactly their span of audio.
+
+    Frames the audio does not reach (by more than half a frame) are dropped; a shorter shortfall is padded
+    with silence so that the audio is exactly the frames' span and never shifts the clips after it.
+
+    Returns
+    -------
+    wav : float32 (n_samples,), n_samples = the first sample of frame n
+    crops, landmarks, valid : per frame, n frames
+    n_padded : int, silent samples appended to ``wav``
+    """
     n = min(len(frames), audio.frame_count(len(wav), fps))
     frames, landmarks = frames[:n], landmarks[:n]
     boxes = lips.crop_boxes(landmarks, scheme, scale, height / width)
     crops = lips.cut_crops(frames, boxes, height, width)
     kept = landmarks[:, list(scheme.mouth) + list(scheme.eye_corners)].astype(np.float32)
     valid = np.isfinite(kept).all(axis=(1, 2))
-    return wav[: round(n / fps * SAMPLE_RATE)], crops, kept, valid
+    span = _frame_sample(n, fps)
+    n_padded = max(0, span - len(wav))
+    wav = np.pad(wav[:span], (0, n_padded))
+    return wav, crops, kept, valid, n_padded
 
 
 def _segment_frames(segment_s: float | None, fps: float) -> int:
@@ -65,15 +85,19 @@ class _Writer:
         self.parts = {"audio": [], "lips": [], "landmarks": [], "valid": []}
         self.n_frames = self.n_samples = 0
 
-    def add(self, clip_id, wav, crops, landmarks, valid, segment_frames: int):
-        """Add a video as clips of at most ``segment_frames`` frames (the units of the train/val split)."""
+    def add(self, clip_id, wav, crops, landmarks, valid, n_padded: int, segment_frames: int):
+        """Add a video as clips of at most ``segment_frames`` frames (the units of the train/val split).
+
+        ``wav`` is exactly the frames' span (:func:`_clip_arrays`), its last ``n_padded`` samples silence.
+        """
         fps = self.meta["fps"]
+        real = len(wav) - n_padded
         for k in range(0, len(crops), segment_frames):
             end = min(k + segment_frames, len(crops))
-            a, b = round(k / fps * SAMPLE_RATE), round(end / fps * SAMPLE_RATE)
+            a, b = _frame_sample(k, fps), _frame_sample(end, fps)
             seg_id = clip_id if end - k == len(crops) else f"{clip_id}@{k}"
             self.meta["clips"].append(Clip(seg_id, self.n_frames, end - k, self.n_samples, b - a,
-                                           int((~valid[k:end]).sum())).__dict__)
+                                           int((~valid[k:end]).sum()), b - max(a, min(b, real))).__dict__)
             for key, arr in zip(("audio", "lips", "landmarks", "valid"), (wav[a:b], crops[k:end],
                                                                           landmarks[k:end], valid[k:end])):
                 self.parts[key].append(arr)
@@ -171,6 +195,34 @@ class PreparedData:
         self.lips = np.load(self.root / "lips.npy", mmap_mode="r")
         self.landmarks = np.load(self.root / "landmarks.npy", mmap_mode="r")
         self.valid = np.load(self.root / "valid.npy")
+        self._check()
+
+    def _check(self):
+        """Every clip's frames and audio lie where meta.json says, back to back, filling the arrays exactly.
+
+        Catches datasets whose audio drifted from their lips (se4lip-prepare before 0.3 let a clip with a short
+        audio track shift every later clip's audio).
+        """
+        n_frames, n_samples = len(self.valid), len(self.audio)
+        if not len(self.lips) == len(self.landmarks) == n_frames:
+            raise ValueError(f"{self.root}: lips.npy, landmarks.npy and valid.npy hold {len(self.lips)}, "
+                             f"{len(self.landmarks)} and {n_frames} frames; prepare the dataset again")
+        frame = sample = 0
+        for clip in self.clips:
+            span = f"{clip.n_frames} frames from {clip.frame_start}, {clip.n_samples} samples from {clip.sample_start}"
+            if clip.frame_start != frame or clip.sample_start != sample:
+                problem = f"does not follow the clip before it ({span})"
+            elif clip.frame_start + clip.n_frames > n_frames or clip.sample_start + clip.n_samples > n_samples:
+                problem = f"runs past the arrays' {n_frames} frames and {n_samples} samples ({span})"
+            else:
+                frame, sample = frame + clip.n_frames, sample + clip.n_samples
+                continue
+            raise ValueError(f"{self.root}: clip {clip.id} {problem}: audio and lips disagree; prepare the dataset "
+                             "again with se4lip-prepare")
+        if (frame, sample) != (n_frames, n_samples):
+            raise ValueError(f"{self.root}: meta.json's clips hold {frame} frames and {sample} samples, the arrays "
+                             f"{n_frames} and {n_samples}: audio and lips disagree; prepare the dataset again "
+                             "with se4lip-prepare")
 
     def clip_audio(self, clip: Clip) -> np.ndarray:
         return np.array(self.audio[clip.sample_start: clip.sample_start + clip.n_samples])  # a writable copy

@@ -104,3 +104,91 @@ def test_split_is_by_clip_and_checked(tmp_path):
 def test_not_a_dataset(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a prepared dataset"):
         data.PreparedData(tmp_path)
+
+
+class _CentredFace:
+    """A face detector stub: the same landmarks in every frame, mouth at the centre of a 64 x 64 frame."""
+
+    scheme = lips.MEDIAPIPE
+
+    def __call__(self, frames):
+        out = np.full((len(frames), 468, 2), 32.0, np.float32)
+        out[:, self.scheme.eye_corners[0]], out[:, self.scheme.eye_corners[1]] = (16, 20), (48, 20)
+        return out
+
+    def close(self):
+        pass
+
+
+def _flash_and_click(path: Path, n_frames: int, audio_s: float, flash: int, sr: int = 48000):
+    """A 25 fps video, dark but for a white frame ``flash``, whose audio (``audio_s`` long) clicks 5 ms into it."""
+    wav = np.zeros(round(audio_s * sr), np.float32)
+    t0 = round((flash / 25 + 0.005) * sr)
+    wav[t0: t0 + sr // 1000] = 0.5  # a 1 ms click
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("mpeg4", rate=25)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        sound = out.add_stream("pcm_s16le", rate=sr)
+        sound.layout = "mono"
+        for i in range(n_frames):
+            img = np.full((64, 64, 3), 255 if i == flash else 30, np.uint8)
+            for packet in video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        samples = (wav * 32767).astype(np.int16)[None]
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = sr
+        for packet in (*sound.encode(frame), *sound.encode(), *video.encode()):
+            out.mux(packet)
+
+
+def test_short_and_long_audio_tracks_never_move_other_clips(tmp_path):
+    """Each clip's click stays on its flash frame, whatever the audio tracks' lengths before it."""
+    videos = {"short10ms": (30, 1.19, 20), "short30ms": (30, 1.17, 5), "long": (30, 1.3, 25), "exact": (30, 1.2, 12)}
+    for name, (n_frames, audio_s, flash) in videos.items():
+        _flash_and_click(tmp_path / f"{name}.mov", n_frames, audio_s, flash)
+    meta = data.prepare_videos([tmp_path / f"{name}.mov" for name in videos], tmp_path / "ds",
+                               detector=_CentredFace(), height=16, width=32, progress=False)
+    ds = data.PreparedData(tmp_path / "ds")
+    assert sum(c["n_samples"] for c in meta["clips"]) == len(ds.audio)
+    # 10 ms short: padded with 160 silent samples; 30 ms short: the last frame (not reached by half) is dropped
+    assert [(c.id, c.n_frames, c.n_samples, c.n_padded) for c in ds.clips] == [
+        ("short10ms", 30, 19200, 160), ("short30ms", 29, 18560, 0), ("long", 30, 19200, 0), ("exact", 30, 19200, 0)]
+    for clip, (_, _, flash) in zip(ds.clips, videos.values()):
+        brightness = ds.clip_lips(clip).reshape(clip.n_frames, -1).mean(1)
+        click = int(np.argmax(np.abs(ds.clip_audio(clip))))
+        assert int(np.argmax(brightness)) == flash and click // 640 == flash, clip.id
+        assert (ds.clip_audio(clip)[clip.n_samples - clip.n_padded:] == 0).all()
+
+
+def test_segments_record_their_own_padding(tmp_path):
+    _flash_and_click(tmp_path / "v.mov", 30, 1.19, 3)
+    data.prepare_videos([tmp_path / "v.mov"], tmp_path / "ds", detector=_CentredFace(), height=16, width=32,
+                        segment_s=0.4, progress=False)
+    ds = data.PreparedData(tmp_path / "ds")
+    assert [(c.id, c.n_samples, c.n_padded) for c in ds.clips] == [
+        ("v@0", 6400, 0), ("v@10", 6400, 0), ("v@20", 6400, 160)]
+
+
+def test_drifted_dataset_is_refused(tmp_path):
+    """A dataset whose audio.npy is shorter than its clips say (older se4lip-prepare) is refused, naming the clip."""
+    prepare_grid(tmp_path / "ds", segment_s=1.0)
+    audio_npy = tmp_path / "ds" / "audio.npy"
+    np.save(audio_npy, np.load(audio_npy)[:-360])
+    with pytest.raises(ValueError, match=r"clip bbaf3s@50 runs past the arrays' 150 frames and 95640 samples "
+                                         r"\(25 frames from 125, 16000 samples from 80000\): audio and lips disagree"):
+        data.PreparedData(tmp_path / "ds")
+    np.save(audio_npy, np.zeros(96000 + 5, np.float32))
+    with pytest.raises(ValueError, match="meta.json's clips hold 150 frames and 96000 samples, the arrays 150 and "
+                                         "96005"):
+        data.PreparedData(tmp_path / "ds")
+
+
+def test_clips_out_of_order_are_refused(tmp_path):
+    prepare_grid(tmp_path / "ds")
+    meta_path = tmp_path / "ds" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["clips"][1]["sample_start"] += 640
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="clip bbaf3s does not follow the clip before it"):
+        data.PreparedData(tmp_path / "ds")
