@@ -173,7 +173,7 @@ def main(argv=None) -> int:
                                   lip_width=data.meta["lip_width"])).train()
 
     model = fresh_model()
-    sampler = WindowSampler(data, train_clips, cfg, model.config)
+    sampler = WindowSampler([(data, c) for c in train_clips], cfg, model.config)
     step = Step(model, data, sampler, cfg)
     rng = np.random.default_rng(0)
     lip_windows = cfg.clips_per_batch * cfg.lip_span

@@ -244,8 +244,10 @@ def train_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="se4lip-train",
                                      description="Train SE4Lip, or fine-tune shipped weights, on a prepared dataset.")
-    parser.add_argument("data", type=Path, help="dataset folder written by se4lip-prepare")
-    parser.add_argument("-o", "--out", type=Path, help="run folder (default: <data>-se4lip-run)")
+    parser.add_argument("data", type=Path, nargs="+",
+                        help="dataset folders written by se4lip-prepare (several: trained together, each holding "
+                             "out its own --val-clips)")
+    parser.add_argument("-o", "--out", type=Path, help="run folder (default: <first data>-se4lip-run)")
     parser.add_argument("--init", help="start from these weights (name, .safetensors path or hf://): fine-tuning")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/ckpt.pt")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -264,7 +266,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 # the rest of ModelConfig follows the data and the front end
-MODEL_FLAGS = ("embed_dim", "gru_hidden", "gru_layers", "window_frames", "front_end", "speech_encoder")
+MODEL_FLAGS = ("embed_dim", "gru_hidden", "gru_layers", "window_frames", "front_end", "speech_encoder", "level_norm")
 
 
 def _add_field_flag(group, field, choices=None) -> None:
@@ -287,7 +289,7 @@ def train_main(argv=None) -> int:
     values = vars(args)
     cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)})
     model_cfg = ModelConfig(**{name: values[name] for name in MODEL_FLAGS})
-    out = args.out or args.data.with_name(args.data.name + "-se4lip-run")
+    out = args.out or args.data[0].with_name(args.data[0].name + "-se4lip-run")
     if (out / "ckpt.pt").exists() and not args.resume:
         return _fail(parser.prog, f"{out}: holds a checkpoint; pass --resume to continue it or -o for a new run")
     try:

@@ -7,7 +7,7 @@ import torch
 
 from . import audio
 
-MAX_SHIFT = 15  # frames tried on each side, as SyncNet does
+MAX_SHIFT = 15  # frames tried on each side, as SyncNet does, in clips of at least 3 s (75 frames at 25 fps)
 
 
 @torch.inference_mode()
@@ -43,7 +43,7 @@ def speech_embeddings(model, wav: np.ndarray, frames: np.ndarray, fps: float, ba
 
 
 def clip_sync(model, wav: np.ndarray, lips: np.ndarray, valid: np.ndarray, fps: float,
-              max_shift: int = MAX_SHIFT, embed=None) -> dict:
+              max_shift: int | None = None, embed=None) -> dict:
     """Audio-visual offset of one clip, SyncNet-style.
 
     Every valid lip window i is compared with the speech window at frame i + s for s in
@@ -55,6 +55,8 @@ def clip_sync(model, wav: np.ndarray, lips: np.ndarray, valid: np.ndarray, fps: 
     ----------
     wav : float32 (n_samples,) at 16 kHz, starting with frame 0
     lips : uint8 (n_frames, H, W, 3) lip crops; valid : bool (n_frames,)
+    max_shift : frames tried on each side; default :data:`MAX_SHIFT`, at most a fifth of the clip, so that in
+        short clips (30 frames: +-6) most lip windows meet real audio at every shift
     embed : how speech windows are encoded (see :func:`speech_embeddings`); default the model's own
 
     Returns
@@ -68,6 +70,8 @@ def clip_sync(model, wav: np.ndarray, lips: np.ndarray, valid: np.ndarray, fps: 
     centres = np.flatnonzero(ok)
     if len(centres) == 0:
         raise ValueError("no valid 5-frame lip window in the clip")
+    if max_shift is None:
+        max_shift = min(MAX_SHIFT, len(lips) // 5)
     shifts = np.arange(-max_shift, max_shift + 1)
     first = centres[0] - max_shift
     a = speech_embeddings(model, wav, np.arange(first, centres[-1] + max_shift + 1), fps, embed=embed)

@@ -35,12 +35,18 @@ class ModelConfig:
     # The paper's design is STFT + GRU; the others are its Table 6 ablation, trained the same way.
     front_end: str = "stft"  # "stft": the 257 log-STFT bins; "mel": 80 log-mel bands of that same STFT
     speech_encoder: str = "gru"  # "gru": 8-layer GRU over the window; "cnn": a 2-D CNN over it
+    # Subtract each window's mean log feature (over its frames and bands) before the encoder: a gain applied
+    # to the audio adds the same constant to every log feature, so the recording level drops out.
+    level_norm: bool = False
 
     def __post_init__(self):
         if self.front_end not in FRONT_ENDS:
             raise ValueError(f"front_end must be one of {FRONT_ENDS}, got {self.front_end!r}")
         if self.speech_encoder not in SPEECH_ENCODERS:
             raise ValueError(f"speech_encoder must be one of {SPEECH_ENCODERS}, got {self.speech_encoder!r}")
+        if self.level_norm and self.speech_encoder != "cnn":
+            raise ValueError("level_norm needs speech_encoder='cnn': the GRU streams a window's frames before its "
+                             "level is known")
 
     @property
     def window_seconds(self) -> float:
@@ -85,7 +91,7 @@ class SpeechEncoder(nn.Module):
         # Per-feature statistics of the training data; part of the weights.
         self.register_buffer("spec_mean", torch.zeros(n_in))
         self.register_buffer("spec_std", torch.ones(n_in))
-        self.cnn = None
+        self.cnn, self.level_norm = None, cfg.level_norm
         if cfg.speech_encoder == "gru":
             self.gru = nn.GRU(n_in, cfg.gru_hidden, num_layers=cfg.gru_layers, batch_first=True)
             self.proj = nn.Linear(cfg.gru_hidden, cfg.embed_dim)
@@ -99,11 +105,17 @@ class SpeechEncoder(nn.Module):
         return torch.log(torch.exp(spec) @ self.mel_basis + audio.LOG_EPS)
 
     def inputs(self, spec: torch.Tensor) -> torch.Tensor:
-        """(..., 257) log-magnitude STFT -> the encoder's standardised input features (..., n_in)."""
+        """(..., 257) log-magnitude STFT -> the encoder's standardised input features (..., n_in).
+
+        With ``level_norm`` the statistics are those of level-normalised windows, which :meth:`encode`
+        completes by subtracting each window's mean (it needs the whole window; frames are shared by many).
+        """
         return (self.features(spec) - self.spec_mean) / self.spec_std
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, n_stft_frames, n_in) standardised features -> (batch, embed_dim), not normalised."""
+        if self.level_norm:  # x = (f - mean) / std; subtract the window's mean of f: its level
+            x = x - (x * self.spec_std + self.spec_mean).mean(dim=(1, 2), keepdim=True) / self.spec_std
         if self.cnn is not None:
             return self.cnn(x)
         out, _ = self.gru(x)  # (batch, n_stft_frames, gru_hidden)

@@ -38,8 +38,9 @@ class TrainConfig:
     temperature: float = 0.07
     min_negative_offset: int = 2
     gain_db: float = 6.0  # random gain of each clip's audio, +-dB
+    noise_p: float = 0.0  # share of clips given white noise at a random 10-40 dB SNR
     bf16: bool = True  # bf16 autocast (CPUs with AVX-512 BF16, and GPUs)
-    val_clips: int = 60
+    val_clips: int = 60  # held out of each dataset
     val_every: int = 700
     ckpt_every_s: float = 300.0
     seed: int = 0
@@ -48,12 +49,12 @@ class TrainConfig:
 class WindowSampler:
     """Draws, per clip, a run of consecutive lip windows and the speech windows around them."""
 
-    def __init__(self, data: PreparedData, clips: list[Clip], cfg: TrainConfig, model_cfg: ModelConfig):
-        self.data, self.clips, self.cfg = data, clips, cfg
+    def __init__(self, items: list[tuple[PreparedData, Clip]], cfg: TrainConfig, model_cfg: ModelConfig):
+        self.items, self.cfg = items, cfg
         half = model_cfg.window_frames // 2
         self.half = half
         self.starts = []  # per clip: first frames of lip runs whose windows are all valid and which hold speech
-        for clip in clips:
+        for data, clip in items:
             valid = data.clip_valid(clip)
             ok = np.convolve(valid.astype(int), np.ones(2 * half + 1, int), mode="same") == 2 * half + 1
             ok[:half] = ok[len(ok) - half:] = False  # lip windows need their full 5 frames
@@ -72,21 +73,29 @@ class WindowSampler:
         picks = rng.choice(self.usable, size=cfg.clips_per_batch, replace=len(self.usable) < cfg.clips_per_batch)
         lips, wavs, lip_idx, sp_idx, lip_clip, sp_clip = [], [], [], [], [], []
         for b, ci in enumerate(picks):
-            clip = self.clips[ci]
+            data, clip = self.items[ci]
             s = int(rng.choice(self.starts[ci]))
-            frames = np.asarray(self.data.clip_lips(clip)[s - half: s + cfg.lip_span + half])  # (K+4, H, W, 3)
+            frames = np.asarray(data.clip_lips(clip)[s - half: s + cfg.lip_span + half])  # (K+4, H, W, 3)
             if rng.random() < 0.5:
                 frames = frames[:, :, ::-1]  # mirror: lips are near-symmetric, the sync is unchanged
             win = np.lib.stride_tricks.sliding_window_view(frames, 2 * half + 1, axis=0)  # (K, H, W, 3, 5)
             lips.append(torch.from_numpy(np.ascontiguousarray(win.transpose(0, 4, 3, 1, 2))))
-            gain = 10 ** (rng.uniform(-cfg.gain_db, cfg.gain_db) / 20)
-            wavs.append(torch.from_numpy(self.data.clip_audio(clip) * np.float32(gain)))
+            wavs.append(torch.from_numpy(_augment(data.clip_audio(clip), cfg, rng)))
             lip_idx.append(np.arange(s, s + cfg.lip_span))
             sp_idx.append(np.arange(s - cfg.speech_margin, s + cfg.lip_span + cfg.speech_margin))
             lip_clip.append(np.full(cfg.lip_span, b))
             sp_clip.append(np.full(len(sp_idx[-1]), b))
         lips = torch.cat(lips).flatten(1, 2).float() / 255.0  # (B*K, 15, H, W), frames oldest first
         return lips, wavs, [np.concatenate(x) for x in (lip_idx, sp_idx, lip_clip, sp_clip)]
+
+
+def _augment(wav: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """A clip's audio at a random level (+-``gain_db``) and, for a share ``noise_p`` of clips, in white noise."""
+    wav = wav * np.float32(10 ** (rng.uniform(-cfg.gain_db, cfg.gain_db) / 20))
+    if rng.random() < cfg.noise_p:
+        rms = np.sqrt(np.mean(wav ** 2) + 1e-12)
+        wav = wav + (rng.standard_normal(len(wav)) * rms * 10 ** (-rng.uniform(10, 40) / 20)).astype(np.float32)
+    return wav
 
 
 def _voiced_frames(wav: np.ndarray, n_frames: int, fps: float, floor_db: float = -35.0) -> np.ndarray:
@@ -107,15 +116,22 @@ def speech_specs(wavs, frames_per_clip, fps, n_stft):
 
 
 @torch.no_grad()
-def spectrogram_stats(data: PreparedData, clips: list[Clip], features, max_clips: int = 200):
+def spectrogram_stats(items: list[tuple[PreparedData, Clip]], features, level_window: int | None = None,
+                      max_clips: int = 200):
     """Per-feature mean and std of the speech encoder's inputs over (up to) ``max_clips`` training clips.
 
     ``features`` maps log-STFT frames (n, 257) to the encoder's input features (its ``features`` method).
+    With ``level_window`` (STFT frames per window), the statistics are of level-normalised windows: each
+    window's mean feature subtracted (``ModelConfig.level_norm``). Clips are taken evenly across ``items``.
     """
     total, total_sq, count = 0.0, 0.0, 0
-    for clip in clips[:max_clips]:
-        spec = features(audio.speech_windows(torch.from_numpy(data.clip_audio(clip)),
-                                             torch.arange(0, clip.n_samples, 640), 1)[:, 0])  # (n, n_features)
+    for data, clip in items[:: max(1, len(items) // max_clips)][:max_clips]:
+        windows = audio.speech_windows(torch.from_numpy(data.clip_audio(clip)),
+                                       torch.arange(0, clip.n_samples, 640), level_window or 1)
+        spec = features(windows)  # (n, level_window or 1, n_features)
+        if level_window:
+            spec = spec - spec.mean(dim=(1, 2), keepdim=True)
+        spec = spec.flatten(0, 1)  # (n * frames, n_features)
         total = total + spec.sum(0)
         total_sq = total_sq + (spec.double() ** 2).sum(0)
         count += spec.shape[0]
@@ -139,10 +155,14 @@ def _init_distributed():
     return (dist.get_rank() if world > 1 else 0), world
 
 
-def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None,
+def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
           model_cfg: ModelConfig | None = None, *, init: str | None = None, resume: bool = False,
           device: str | None = None, stop_at: int | None = None, progress: bool = True) -> dict:
     """Train (or fine-tune from ``init`` weights) and write ``out_dir/{ckpt.pt,final.safetensors,history.json}``.
+
+    ``data_dirs`` is one prepared dataset or several (same fps and lip crops), each holding out
+    ``cfg.val_clips`` clips by its own :meth:`PreparedData.split`, so a dataset's held-out clips do not
+    depend on what it is trained with.
 
     ``stop_at`` ends this run early at that step with a checkpoint (the schedule still spans ``cfg.steps``),
     so long trainings can be run in slices and resumed. Returns the history: per-step loss and
@@ -158,9 +178,17 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "ckpt.pt"
-    data = PreparedData(data_dir)
-    train_clips, val_clips = data.split(cfg.val_clips, seed=cfg.seed)
-    (out_dir / "split.json").write_text(json.dumps({"val": [c.id for c in val_clips]}, indent=0))
+    data_dirs = [Path(d) for d in ([data_dirs] if isinstance(data_dirs, (str, Path)) else data_dirs)]
+    datasets = [PreparedData(d) for d in data_dirs]
+    data = datasets[0]  # fps and lip crops: the same in every dataset
+    for d, other in zip(data_dirs[1:], datasets[1:]):
+        for key in ("fps", "lip_height", "lip_width", "lip_crop_scale"):
+            if other.meta[key] != data.meta[key]:
+                raise ValueError(f"{d}: {key} {other.meta[key]} differs from {data_dirs[0]}'s {data.meta[key]}")
+    splits = [d.split(cfg.val_clips, seed=cfg.seed) for d in datasets]
+    train_items = [(d, c) for d, (clips, _) in zip(datasets, splits) for c in clips]
+    val_items = [(d, c) for d, (_, clips) in zip(datasets, splits) for c in clips]
+    (out_dir / "split.json").write_text(json.dumps({"val": [c.id for _, c in val_items]}, indent=0))
 
     torch.manual_seed(cfg.seed)
     if init is not None:
@@ -171,11 +199,12 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
         model_cfg = dataclasses.replace(model_cfg, fps=data.fps, lip_height=data.meta["lip_height"],
                                         lip_width=data.meta["lip_width"], lip_crop_scale=data.meta["lip_crop_scale"])
         model = SE4Lip(model_cfg)
-        mean, std = spectrogram_stats(data, train_clips, model.speech.features)
+        mean, std = spectrogram_stats(train_items, model.speech.features,
+                                      model_cfg.n_stft_frames if model_cfg.level_norm else None)
         model.speech.spec_mean.copy_(mean)
         model.speech.spec_std.copy_(std)
     if (data.meta["lip_height"], data.meta["lip_width"]) != (model_cfg.lip_height, model_cfg.lip_width):
-        raise ValueError(f"{data_dir}: lip crops are {data.meta['lip_height']}x{data.meta['lip_width']}, "
+        raise ValueError(f"{data_dirs[0]}: lip crops are {data.meta['lip_height']}x{data.meta['lip_width']}, "
                          f"the model expects {model_cfg.lip_height}x{model_cfg.lip_width}")
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -192,7 +221,7 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
         history, step = {"wall_s": 0.0} | state["history"], state["step"]
         log.info("resumed from %s at step %d", ckpt_path, step)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    sampler = WindowSampler(data, train_clips, cfg, model_cfg)
+    sampler = WindowSampler(train_items, cfg, model_cfg)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
     def save_checkpoint():
@@ -240,9 +269,9 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
         if step % cfg.val_every == 0 or step == cfg.steps:
             if rank == 0:
                 model.eval()
-                summary = evaluate.sync_summary([evaluate.clip_sync(model, data.clip_audio(c), data.clip_lips(c),
-                                                                    data.clip_valid(c), data.fps)
-                                                 for c in val_clips])
+                summary = evaluate.sync_summary([evaluate.clip_sync(model, d.clip_audio(c), d.clip_lips(c),
+                                                                    d.clip_valid(c), d.fps)
+                                                 for d, c in val_items])
                 model.train()
                 history["val_step"].append(step)
                 history["val_acc"].append(summary["accuracy"])
@@ -260,7 +289,7 @@ def train(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
         (out_dir / "history.json").write_text(json.dumps(history))
         model.eval()
         weights.save(model, out_dir / "final.safetensors", fp16=False,
-                     metadata={"train_config": json.dumps(dataclasses.asdict(cfg)), "data": str(data_dir),
+                     metadata={"train_config": json.dumps(dataclasses.asdict(cfg)), "data": ", ".join(map(str, data_dirs)),
                                "steps": step, "init": init or "", "train_wall_s": f"{history['wall_s']:.0f}"})
         plot_history(history, out_dir / "training.png")
     return history

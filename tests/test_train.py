@@ -9,11 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import prepare_grid
 
-from se4lip_features import evaluate, weights
+from se4lip_features import data, evaluate, weights
 from se4lip_features.data import PreparedData
 from se4lip_features.loss import cosine_bce, pair_losses
-from se4lip_features.model import ModelConfig, SpeechEncoder
+from se4lip_features.model import ModelConfig, SE4Lip, SpeechEncoder
 from se4lip_features.train import TrainConfig, WindowSampler, speech_specs, train
 
 TINY_MODEL = ModelConfig(gru_hidden=16, gru_layers=2, embed_dim=32)
@@ -45,7 +46,7 @@ def test_pair_losses_ignore_near_offsets():
 
 def test_sampler_pairs_lips_with_their_own_speech(dataset):
     data = PreparedData(dataset)
-    sampler = WindowSampler(data, data.clips, TINY, TINY_MODEL)
+    sampler = WindowSampler([(data, c) for c in data.clips], TINY, TINY_MODEL)
     lips, wavs, (lip_f, sp_f, lip_c, sp_c) = sampler.batch(np.random.default_rng(0))
     assert lips.shape == (8, 15, 48, 96) and 0 <= lips.min() and lips.max() <= 1
     assert len(sp_f) == 2 * (4 + 2 * 3) and len(wavs) == 2
@@ -57,7 +58,7 @@ def test_sampler_pairs_lips_with_their_own_speech(dataset):
 
 def _fixed_batches_loss(model, data, cfg):
     """Mean loss over 4 fixed batches, BatchNorm on batch statistics (running ones lag after 40 steps)."""
-    sampler = WindowSampler(data, data.clips, cfg, model.config)
+    sampler = WindowSampler([(data, c) for c in data.clips], cfg, model.config)
     losses = []
     for seed in range(4):
         lips, wavs, (lip_f, sp_f, lip_c, sp_c) = sampler.batch(np.random.default_rng(100 + seed))
@@ -166,7 +167,10 @@ def test_clip_sync_finds_a_known_shift(monkeypatch):
         r = evaluate.clip_sync(FrameIdentity(shift), np.zeros(n * 640, np.float32), lips, np.ones(n, bool), 25.0)
         assert r["offset"] == -shift and r["confidence"] > 0 and r["n_windows"] == n - 4
         assert r["frame_exact"] == (1.0 if shift == 0 else 0.0)
-        assert len(r["distances"]) == 31
+        assert len(r["distances"]) == 11  # +-5 frames: at most a fifth of the 25-frame clip
+    wide = evaluate.clip_sync(FrameIdentity(3), np.zeros(n * 640, np.float32), lips, np.ones(n, bool), 25.0,
+                              max_shift=15)
+    assert wide["offset"] == -3 and len(wide["distances"]) == 31
     summary = evaluate.sync_summary([{"offset": o, "confidence": 1.0, "frame_exact": 0.5, "frame_within1": 1.0}
                                      for o in (0, 1, -1, 4)])
     assert summary["accuracy"] == 0.75 and summary["exact_accuracy"] == 0.25 and summary["mean_offset"] == 1.0
@@ -200,7 +204,7 @@ def test_prepare_train_eval_commands(dataset, tmp_path, capsys):
     val = json.loads((run / "split.json").read_text())["val"]
     assert sorted(report["clips"]) == sorted(val) and report["summary"]["n_clips"] == 2
     assert set(report["summary"]) >= {"accuracy", "exact_accuracy", "mean_offset", "frame_exact", "frame_within1"}
-    assert len(report["clips"][val[0]]["distances"]) == 31
+    assert len(report["clips"][val[0]]["distances"]) == 11  # +-5 frames in these 1 s clips
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f"{v}.png" for v in val)
     assert eval_main(["sync", str(tmp_path / "nothing.mp4"), "--weights", str(run / "final.safetensors")]) == 1
     assert "nothing.mp4: no such file or folder" in capsys.readouterr().err
@@ -246,3 +250,43 @@ def test_eval_sync_runs_the_fast_path_when_asked(dataset, tmp_path, tiny_weights
     n = len(PreparedData(dataset).clips)
     assert calls["bf16"] == ["bf16"] * n and "bf16" not in calls["fp32"] and len(calls["fp32"]) == n  # a batch per clip
     assert torch.backends.mkldnn.matmul.fp32_precision != "bf16"  # restored
+
+
+def test_training_on_several_datasets_holds_out_each(dataset, tmp_path):
+    prepare_grid(tmp_path / "short", segment_s=0.6)  # 15-frame clips, ids bbaf2n@0, ...
+    (tmp_path / "short" / "meta.json").write_text((tmp_path / "short" / "meta.json").read_text().replace("@", "#"))
+    cfg = TrainConfig(**{**TINY.__dict__, "val_clips": 2, "gain_db": 40.0, "noise_p": 0.5})
+    train([dataset, tmp_path / "short"], tmp_path / "run", cfg, TINY_MODEL, progress=False)
+    val = json.loads((tmp_path / "run" / "split.json").read_text())["val"]
+    first, second = (data.PreparedData(d).split(2, seed=cfg.seed)[1] for d in (dataset, tmp_path / "short"))
+    assert val == [c.id for c in first + second] and sum("#" in v for v in val) == 2
+    _, info = weights.load(tmp_path / "run" / "final.safetensors")
+    assert info["data"] == f"{dataset}, {tmp_path / 'short'}"
+
+
+def test_augmentation_changes_level_and_adds_noise():
+    from se4lip_features.train import _augment
+
+    wav = np.sin(np.arange(16000) / 5).astype(np.float32)
+    rng = np.random.default_rng(0)
+    quiet = [_augment(wav, TrainConfig(gain_db=40.0), rng) for _ in range(200)]
+    ratio = [float(np.abs(q).max()) for q in quiet]
+    assert min(ratio) < 0.02 and max(ratio) > 50  # levels spread over +-40 dB
+    noisy = _augment(wav, TrainConfig(gain_db=0.0, noise_p=1.0), rng)
+    snr = 10 * np.log10(np.mean(wav ** 2) / np.mean((noisy - wav) ** 2))
+    assert 10 <= snr <= 40
+
+
+def test_level_norm_makes_the_speech_encoder_gain_invariant():
+    cfg = ModelConfig(embed_dim=32, front_end="stft", speech_encoder="cnn", level_norm=True)
+    model = SE4Lip(cfg).eval()
+    with torch.no_grad():
+        model.speech.spec_mean.normal_()
+        model.speech.spec_std.uniform_(0.5, 2.0)
+        spec = torch.randn(4, cfg.n_stft_frames, 257)
+        a, b = model.encode_speech(spec), model.encode_speech(spec + 3.0)  # log|X| + 3: 26 dB louder
+        plain = SE4Lip(dataclasses.replace(cfg, level_norm=False)).eval()
+        plain.load_state_dict(model.state_dict())
+        assert (a - b).abs().max() < 1e-5 and (plain.encode_speech(spec) - plain.encode_speech(spec + 3.0)).abs().max() > 0.01
+    with pytest.raises(ValueError, match="level_norm needs speech_encoder='cnn'"):
+        ModelConfig(level_norm=True)
