@@ -34,7 +34,7 @@ from torch import nn
 
 import se4lip_features
 from se4lip_features import audio, extract
-from se4lip_features.baselines import MEL_HOP, MEL_N_FFT  # Wav2Lip's hparams
+from se4lip_features.analysis.baselines import MEL_HOP, MEL_N_FFT  # Wav2Lip's hparams
 from se4lip_features.model import SE4Lip
 
 HERE = Path(__file__).resolve().parent
@@ -234,7 +234,7 @@ def fidelity(exact: extract.Extractor, fast: extract.Extractor, wav: np.ndarray)
 def sync_accuracy(encoders: dict, data_dir: Path, split: Path | None) -> dict:
     """Held-out SyncNet-style sync accuracy (se4lip_features.evaluate) with each extractor's precision."""
     from se4lip_features import evaluate
-    from se4lip_features.data import PreparedData
+    from se4lip_features.training.data import PreparedData
 
     data = PreparedData(data_dir)
     if split:

@@ -1,7 +1,7 @@
 """Training throughput on this machine: the training step's speed against its FLOPs and the measured matmul rate,
 where its time goes (data loading included), and what bf16 autocast does to speed and to the numbers.
 
-The step is the one ``se4lip_features.train.train`` runs (same sampler, front end, losses, optimiser and
+The step is the one ``se4lip_features.training.train.train`` runs (same sampler, front end, losses, optimiser and
 gradient clipping; keep them in step if train.py changes), timed part by part after a warm-up:
 
 - sample  ``WindowSampler.batch``: lip crops from the memory-mapped dataset, audio, gain, mirroring
@@ -34,10 +34,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from se4lip_features import weights
-from se4lip_features.data import PreparedData
-from se4lip_features.loss import pair_losses
-from se4lip_features.model import ModelConfig, SE4Lip
-from se4lip_features.train import TrainConfig, WindowSampler, speech_specs
+from se4lip_features.model import ModelConfig, SE4Lip, pair_losses
+from se4lip_features.training.data import PreparedData
+from se4lip_features.training.train import TrainConfig, WindowSampler, speech_specs
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("sample", "stft", "forward", "backward", "optimiser")

@@ -212,7 +212,7 @@ def prepare_main(argv=None) -> int:
     parser = prepare_parser()
     args = parser.parse_args(argv)
     _setup_logging()
-    from . import data
+    from .training import data
 
     if args.out.exists() and not args.force:
         return _fail(parser.prog, f"{args.out}: exists (use --force to replace it)")
@@ -240,7 +240,7 @@ def prepare_main(argv=None) -> int:
 
 def train_parser() -> argparse.ArgumentParser:
     from .model import FRONT_ENDS, SPEECH_ENCODERS, ModelConfig
-    from .train import TrainConfig
+    from .training.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="se4lip-train",
                                      description="Train SE4Lip, or fine-tune shipped weights, on a prepared dataset.")
@@ -281,7 +281,7 @@ def _add_field_flag(group, field, choices=None) -> None:
 
 def train_main(argv=None) -> int:
     from .model import ModelConfig
-    from .train import TrainConfig, train
+    from .training.train import TrainConfig, train
 
     parser = train_parser()
     args = parser.parse_args(argv)
@@ -327,8 +327,8 @@ def eval_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["lmd"]:  # the landmark probe keeps its own parser (python -m se4lip_features.probe)
-        from . import probe
+    if argv[:1] == ["lmd"]:  # the landmark probe keeps its own parser (python -m se4lip_features.analysis.probe)
+        from .analysis import probe
 
         return probe.main(argv[1:])
     args = eval_parser().parse_args(argv)
@@ -342,7 +342,7 @@ def _eval_sync(args) -> int:
     from tqdm import tqdm
 
     from . import evaluate
-    from .data import PreparedData, prepare_videos
+    from .training.data import PreparedData, prepare_videos
 
     try:
         extractor = extract.load(args.weights, args.device, precision=args.precision)

@@ -7,8 +7,9 @@ import pytest
 import soundfile
 import torch
 
-from se4lip_features import data, extract, lips, weights
+from se4lip_features import extract, weights
 from se4lip_features.model import ModelConfig, SE4Lip
+from se4lip_features.training import data, lips
 
 torch.set_num_threads(1)  # the suite must stay fast on 2 shared CPU cores
 

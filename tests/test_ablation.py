@@ -13,7 +13,7 @@ from se4lip_features import StreamingExtractor, audio, extract, weights
 from se4lip_features.audio import MEL_BANDS
 from se4lip_features.cli import train_parser
 from se4lip_features.model import ModelConfig, SE4Lip
-from se4lip_features.train import TrainConfig, train
+from se4lip_features.training.train import TrainConfig, train
 
 VARIANTS = [("mel", "gru"), ("stft", "cnn"), ("mel", "cnn")]
 

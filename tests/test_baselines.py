@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from se4lip_features import audio, baselines
-from se4lip_features.baselines import BASELINES, LogMel, LogStft, Mfcc
+from se4lip_features import audio
+from se4lip_features.analysis import baselines
+from se4lip_features.analysis.baselines import BASELINES, LogMel, LogStft, Mfcc
 
 SR = 16000
 

@@ -9,7 +9,8 @@ import pytest
 import soundfile
 from conftest import CLIPS, GRID, prepare_grid
 
-from se4lip_features import audio, data, lips
+from se4lip_features import audio
+from se4lip_features.training import data, lips
 
 
 def test_read_video_resamples_by_time(tmp_path):

@@ -87,7 +87,7 @@ def test_command_line_fast_path(tmp_path, bf16, speech, capfd, tiny_weights):
 
 
 def test_probe_labels_the_fast_path(tiny_weights):
-    from se4lip_features.probe import load_features
+    from se4lip_features.analysis.probe import load_features
 
     label, ex = load_features(str(tiny_weights), precision="bf16")
     assert (label, ex.precision) == ("se4lip:tiny bf16", "bf16")

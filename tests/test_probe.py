@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from se4lip_features import baselines, probe
-from se4lip_features.data import Clip, PreparedData
+from se4lip_features.analysis import baselines, probe
+from se4lip_features.training.data import Clip, PreparedData
 
 
 class FakeData:

@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import prepare_grid
 
-from se4lip_features import data, evaluate, weights
-from se4lip_features.data import PreparedData
-from se4lip_features.loss import cosine_bce, pair_losses
-from se4lip_features.model import ModelConfig, SE4Lip, SpeechEncoder
-from se4lip_features.train import TrainConfig, WindowSampler, speech_specs, train
+from se4lip_features import evaluate, weights
+from se4lip_features.model import ModelConfig, SE4Lip, SpeechEncoder, cosine_bce, pair_losses
+from se4lip_features.training import data
+from se4lip_features.training.data import PreparedData
+from se4lip_features.training.train import TrainConfig, WindowSampler, speech_specs, train
 
 TINY_MODEL = ModelConfig(gru_hidden=16, gru_layers=2, embed_dim=32)
 TINY = TrainConfig(steps=4, clips_per_batch=2, lip_span=4, speech_margin=3, warmup_steps=1, val_clips=2,
@@ -120,7 +120,7 @@ def test_fine_tuning_starts_from_given_weights(dataset, tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo on Windows is not supported by torchrun")
 def test_distributed_two_processes(dataset, tmp_path):
     script = (
-        "import sys, dataclasses; from se4lip_features.train import train, TrainConfig; "
+        "import sys, dataclasses; from se4lip_features.training.train import train, TrainConfig; "
         "from se4lip_features.model import ModelConfig; "
         f"train(sys.argv[1], sys.argv[2], TrainConfig(**{dataclasses.asdict(TINY)!r}), "
         f"ModelConfig(**{TINY_MODEL.to_dict()!r}), device='cpu', progress=False)"
@@ -265,7 +265,7 @@ def test_training_on_several_datasets_holds_out_each(dataset, tmp_path):
 
 
 def test_augmentation_changes_level_and_adds_noise():
-    from se4lip_features.train import _augment
+    from se4lip_features.training.train import _augment
 
     wav = np.sin(np.arange(16000) / 5).astype(np.float32)
     rng = np.random.default_rng(0)

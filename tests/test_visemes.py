@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from se4lip_features import visemes
-from se4lip_features.data import Clip
+from se4lip_features.analysis import visemes
+from se4lip_features.training.data import Clip
 
 
 def test_fisher_ratio_of_perfectly_separable_classes():

@@ -2,7 +2,7 @@
 
 The sync evaluation counts a clip as right when its predicted offset is within one frame of 0, which
 assumes every recording is in sync. This script tests that assumption with acoustic features only: the
-landmark probe (the renderers' AudioNet + AudioAttNet, ``se4lip_features.probe``) is trained on log-mel
+landmark probe (the renderers' AudioNet + AudioAttNet, ``se4lip_features.analysis.probe``) is trained on log-mel
 features of the training clips to predict the mouth landmarks, and for each held-out clip the predicted
 mouth opening (timed by the audio) is cross-correlated with the detected one (timed by the video). The
 shift of best correlation is the clip's offset in frames, positive when the audio comes later (the
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from se4lip_features import probe
-from se4lip_features.data import PreparedData
+from se4lip_features.analysis import probe
+from se4lip_features.training.data import PreparedData
 
 HERE = Path(__file__).resolve().parent
 

@@ -3,7 +3,7 @@
 Runs everything on a prepared dataset and writes, into ``--out`` (default: this folder):
     results.json   every number, the split, the recipe, the run times
     REPORT.md      the tables and figures below, generated from results.json
-    probe.json / probe.md / probe.png / probe_<feature>.json   the landmark probe (se4lip_features.probe)
+    probe.json / probe.md / probe.png / probe_<feature>.json   the landmark probe (se4lip_features.analysis.probe)
     visemes_dt.png PCA and t-SNE of /d/ vs /t/ per feature type (the paper's Fig. 4)
 
     python benchmarks/quality/run.py --weights weights/se4lip-grid-s1-v1.safetensors
@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from se4lip_features import evaluate, probe, visemes
-from se4lip_features.baselines import BASELINES
-from se4lip_features.data import PreparedData
+from se4lip_features import evaluate
+from se4lip_features.analysis import probe, visemes
+from se4lip_features.analysis.baselines import BASELINES
+from se4lip_features.training.data import PreparedData
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = Path("/work/data/grid_s1")

@@ -15,10 +15,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import audio, evaluate, weights
+from .. import audio, evaluate, weights
+from ..model import ModelConfig, SE4Lip, pair_losses
 from .data import Clip, PreparedData
-from .loss import pair_losses
-from .model import ModelConfig, SE4Lip
 
 log = logging.getLogger(__name__)
 

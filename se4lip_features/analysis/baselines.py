@@ -27,9 +27,9 @@ import math
 import numpy as np
 import torch
 
-from . import audio
-from .audio import MEL_BANDS, MEL_FMAX, MEL_FMIN, SAMPLE_RATE, mel_filterbank
-from .extract import LAYOUTS, check_options, framed_waveform, substep_grid
+from .. import audio
+from ..audio import MEL_BANDS, MEL_FMAX, MEL_FMIN, SAMPLE_RATE, mel_filterbank
+from ..extract import LAYOUTS, check_options, framed_waveform, substep_grid
 
 PRE_EMPHASIS = 0.97
 

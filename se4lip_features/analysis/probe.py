@@ -44,8 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import audio
-from .extract import LAYOUTS, substep_grid
+from .. import audio
+from ..extract import LAYOUTS, substep_grid
 
 log = logging.getLogger(__name__)
 
@@ -591,14 +591,15 @@ def load_features(spec: str, device: str = "cpu", precision: str = "fp32"):
     -------
     (label, extractor) ; the extractor has ``extract(wav, sr, fps, layout)`` and ``dim``
     """
-    from . import baselines, extract
+    from .. import extract
+    from . import baselines
 
     if spec in baselines.BASELINES:
         return spec, baselines.get(spec)
     path = Path(spec)
     if path.suffix == ".pt":
-        from .model import ModelConfig, SE4Lip
-        from .weights import sha256_file
+        from ..model import ModelConfig, SE4Lip
+        from ..weights import sha256_file
 
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only
         model = SE4Lip(ModelConfig.from_dict(ckpt["model_config"]))
@@ -612,7 +613,7 @@ def load_features(spec: str, device: str = "cpu", precision: str = "fp32"):
 
 
 def get_parser() -> argparse.ArgumentParser:
-    from . import extract
+    from .. import extract
 
     p = argparse.ArgumentParser(prog="se4lip-eval lmd", description=__doc__.splitlines()[0])
     p.add_argument("data", type=Path, help="prepared dataset folder (se4lip-prepare)")
@@ -634,7 +635,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from .data import PreparedData
+    from ..training.data import PreparedData
 
     if (args.out / "probe.json").exists() and not args.force:
         print(f"error: {args.out / 'probe.json'} exists (use -f to overwrite)", file=sys.stderr)

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import audio, lips
-from .audio import SAMPLE_RATE
+from .. import audio
+from ..audio import SAMPLE_RATE
+from . import lips
 
 log = logging.getLogger(__name__)
 
