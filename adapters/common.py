@@ -181,8 +181,7 @@ def extract_like(audio_path: str | Path, reference: dict) -> np.ndarray:
         )
     log.info("extracting SE4Lip features from %s (weights %s, layout %s)", audio_path, extractor.name,
              reference["layout"])
-    wav, sr = audio.load_audio(audio_path)
-    return extractor.extract(wav, sr, fps=RENDER_FPS, layout=reference["layout"], name=str(audio_path))
+    return extractor.extract(audio.load_audio(audio_path), audio.SAMPLE_RATE, fps=RENDER_FPS, layout=reference["layout"], name=str(audio_path))
 
 
 def load_features(root: str | Path, aud: str | Path | None, id_key: str) -> np.ndarray:

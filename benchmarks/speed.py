@@ -63,7 +63,7 @@ def speech(folder: Path, seconds: float) -> np.ndarray:
     """Utterances of ``folder`` (sorted) concatenated, as 16 kHz float32, cut to ``seconds``."""
     parts, total = [], 0
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in audio.AUDIO_SUFFIXES | audio.VIDEO_SUFFIXES):
-        wav = audio.prepare_waveform(*audio.load_audio(path), name=str(path))
+        wav = audio.load_audio(path)
         parts.append(wav)
         total += len(wav)
         if total >= seconds * audio.SAMPLE_RATE:

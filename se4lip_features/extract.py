@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 # ds like DeepSpeech's [N, 16, 29], hubert like HuBERT's [N, 2, 1024], ave like SyncTalk's [N, 1, 512].
 LAYOUTS = {"ds": 16, "hubert": 2, "ave": 1}
 DEFAULT_BATCH = 256  # speech windows per encoder call
-CHUNK_SECONDS = 30.0  # audio per step of long extractions: memory is bounded by this, not by the duration
 # "bf16", the CPU fast path (AMX / AVX-512 BF16; on CPUs without bf16 it changes nothing): the GRU's matmuls
 # round their inputs to bf16 and accumulate in fp32 (state, gates and outputs stay fp32); the CNN runs under
 # bf16 autocast. The front end is fp32 in both.
@@ -113,7 +112,7 @@ class Extractor:
 
         Row i is centred on t = i / fps; there are exactly round(duration * fps) rows. Each sub-step
         embedding is computed once, however many frames share it. The audio is encoded
-        ``CHUNK_SECONDS`` at a time, so besides the input and the returned array, memory does not grow
+        ``audio.BLOCK_SECONDS`` at a time, so besides the input and the returned array, memory does not grow
         with the duration (:func:`extract_file` does not hold those either).
 
         Parameters
@@ -130,7 +129,7 @@ class Extractor:
         check_options(fps, layout, batch_size)
         wav16, n = framed_waveform(wav, sr, fps, name)
         out = np.empty((n, LAYOUTS[layout], self.dim), np.float32)
-        step = round(CHUNK_SECONDS * audio.SAMPLE_RATE)
+        step = round(audio.BLOCK_SECONDS * audio.SAMPLE_RATE)
         blocks = (wav16[start: start + step] for start in range(0, len(wav16), step))
         row = 0
         for rows in self.extract_blocks(blocks, fps, layout, batch_size, progress,
@@ -379,7 +378,7 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
                  batch_size: int = DEFAULT_BATCH, force: bool = False, progress: bool = False) -> dict:
     """Extract one audio (or video) file to ``out_path`` (.npy) and its sidecar, both written atomically.
 
-    The audio is read, resampled, encoded and written ``CHUNK_SECONDS`` at a time, so memory does not
+    The audio is read, resampled, encoded and written ``audio.BLOCK_SECONDS`` at a time, so memory does not
     grow with the file's duration; the .npy holds the same bytes as ``np.save`` of :meth:`Extractor.extract`.
     Returns the sidecar dict. Refuses to overwrite unless ``force``.
     """
@@ -389,7 +388,7 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
         raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")
     extractor = extractor or load(weights, device)
     check_options(fps, layout, batch_size)
-    source = _FileAudio(audio_path)  # opens and checks the file now; problems in its data show while reading
+    source = audio.AudioFile(audio_path)  # opens and checks the file now; problems in its data show while reading
     new_dirs = [p for p in out_path.parents if not p.exists()]  # removed again if nothing gets written
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_npy = out_path.with_name(out_path.name + ".partial")
@@ -439,126 +438,3 @@ def _write_npy(f, chunks: Iterable[np.ndarray], row_shape: tuple[int, ...]) -> i
     if f.tell() != data_start:
         raise RuntimeError(f"{f.name}: the .npy header changed size when its row count was written")
     return n
-
-
-class _FileAudio:
-    """A file's audio as consecutive blocks of 16 kHz mono float32, read and resampled incrementally.
-
-    The same samples as :func:`audio.load_audio` then :func:`audio.prepare_waveform` (soxr's streaming
-    resampler gives the bytes of its one-shot one), and the same errors: those about the file when it is
-    opened, those about its samples (NaN, none at all) when they are read.
-    """
-
-    def __init__(self, path: Path, block_s: float | None = None):
-        self.path = path
-        if not path.exists():
-            raise audio.AudioError(f"{path}: no such file")
-        if path.is_dir():
-            raise audio.AudioError(f"{path}: is a directory, not an audio file")
-        if path.stat().st_size == 0:
-            raise audio.AudioError(f"{path}: file is empty")
-        if path.suffix.lower() in audio._FFMPEG_FIRST:
-            self._open_av()
-        else:
-            self._open_soundfile()
-        if not audio.MIN_SAMPLE_RATE <= self.sr <= audio.MAX_SAMPLE_RATE:
-            self.close()
-            raise audio.AudioError(f"{path}: sample rate {self.sr} Hz is outside {audio.MIN_SAMPLE_RATE}-"
-                                   f"{audio.MAX_SAMPLE_RATE} Hz")
-        self.block = max(1, round((block_s or CHUNK_SECONDS) * self.sr))  # native samples per block
-        self.n_samples = 0  # 16 kHz samples produced so far
-
-    def _open_soundfile(self) -> None:
-        import soundfile
-
-        try:
-            self.file = soundfile.SoundFile(str(self.path))
-        except (soundfile.SoundFileError, RuntimeError) as err:  # libsndfile cannot read it; FFmpeg may
-            try:
-                return self._open_av()
-            except audio.AudioError:
-                reason = getattr(err, "error_string", None) or str(err)
-                raise audio.AudioError(f"{self.path}: not a readable audio file ({reason.rstrip('.')})") from err
-        self.kind, self.sr = "soundfile", int(self.file.samplerate)
-        self.duration_s = self.file.frames / self.sr if self.file.frames > 0 else None
-        self.empty_message = "holds no samples"
-
-    def _open_av(self) -> None:
-        import av
-
-        try:
-            self.file = av.open(str(self.path))
-        except av.error.FFmpegError as err:
-            raise audio.AudioError(f"{self.path}: cannot decode audio ({getattr(err, 'strerror', None) or err})") \
-                from err
-        if not self.file.streams.audio:
-            self.file.close()
-            raise audio.AudioError(f"{self.path}: has no audio stream")
-        stream = self.file.streams.audio[0]
-        self.kind, self.sr = "av", int(stream.rate)
-        seconds = (float(stream.duration * stream.time_base) if stream.duration
-                   else self.file.duration / 1e6 if self.file.duration else None)
-        self.duration_s = seconds
-        self.empty_message = "audio stream holds no samples"
-
-    def close(self) -> None:
-        self.file.close()
-
-    def _native_blocks(self) -> Iterator[np.ndarray]:
-        """Mono float32 blocks of about ``self.block`` samples at the file's own rate."""
-        if self.kind == "soundfile":
-            import soundfile
-
-            try:
-                while True:
-                    data = self.file.read(self.block, dtype="float32", always_2d=True)  # (n, channels)
-                    if not len(data):
-                        return
-                    yield data.mean(axis=1).astype(np.float32)
-            except (soundfile.SoundFileError, RuntimeError) as err:
-                reason = getattr(err, "error_string", None) or str(err)
-                raise audio.AudioError(f"{self.path}: not a readable audio file ({reason.rstrip('.')})") from err
-        import av
-
-        parts, held = [], 0
-        try:
-            for frame in self.file.decode(self.file.streams.audio[0]):
-                pcm = frame.to_ndarray()  # planar (channels, n) or packed (1, n * channels)
-                if not frame.format.is_planar:
-                    pcm = pcm.reshape(-1, len(frame.layout.channels)).T
-                parts.append(audio._to_float(pcm).mean(axis=0))
-                held += parts[-1].shape[0]
-                if held >= self.block:
-                    yield np.concatenate(parts).astype(np.float32)
-                    parts, held = [], 0
-        except av.error.FFmpegError as err:
-            raise audio.AudioError(f"{self.path}: cannot decode audio ({getattr(err, 'strerror', None) or err})") \
-                from err
-        if parts:
-            yield np.concatenate(parts).astype(np.float32)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        import soxr
-
-        resampler = None
-        if self.sr != audio.SAMPLE_RATE:
-            resampler = soxr.ResampleStream(self.sr, audio.SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-        seen, held = 0, None  # one block is held back, so the resampler's tail joins the last one
-        try:
-            for block in self._native_blocks():
-                if not np.isfinite(block).all():
-                    raise audio.AudioError(f"{self.path}: contains NaN or infinite samples")
-                seen += len(block)
-                if held is not None:
-                    yield held
-                held = block if resampler is None else resampler.resample_chunk(block)
-                self.n_samples += len(held)
-            if not seen:
-                raise audio.AudioError(f"{self.path}: {self.empty_message}")
-            if resampler is not None:
-                tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-                self.n_samples += len(tail)
-                held = np.concatenate([held, tail])
-            yield np.ascontiguousarray(held, dtype=np.float32)
-        finally:
-            self.close()
