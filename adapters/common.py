@@ -89,7 +89,7 @@ def read_features(npy: str | Path) -> tuple[np.ndarray, dict]:
     feats : np.ndarray float32 (n_frames, window, dim), as ``se4lip-extract`` wrote it
     meta : the sidecar dict (``dim``, ``layout``, ``window``, ``fps``, ``n_frames``, ``weights``, ...)
     """
-    from se4lip_features.extract import read_sidecar
+    from se4lip_features.sidecar import read_sidecar
 
     meta = read_sidecar(npy)
     check_meta(meta, npy)
@@ -105,7 +105,7 @@ def read_features(npy: str | Path) -> tuple[np.ndarray, dict]:
 
 def self_meta(root: str | Path) -> dict:
     """The sidecar of the self-driven features, which fixes the avatar's feature type (extracting if needed)."""
-    from se4lip_features.extract import read_sidecar
+    from se4lip_features.sidecar import read_sidecar
 
     npy = self_features(root)
     meta = read_sidecar(npy)

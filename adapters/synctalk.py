@@ -71,7 +71,7 @@ def test_audio(opt) -> Path | None:
     aud = Path(opt.aud)
     if aud.suffix.lower() != ".npy":
         return aud
-    from se4lip_features.extract import read_sidecar
+    from se4lip_features.sidecar import read_sidecar
     from se4lip_features.weights import sha256_file
 
     meta = read_sidecar(aud)

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from . import audio
-from .extract import DEFAULT_BATCH, LAYOUTS, Extractor, FrameStream
+from .extract import Extractor
+from .frames import DEFAULT_BATCH, LAYOUTS, FrameStream
 
 
 class ProgressiveFrames(FrameStream):

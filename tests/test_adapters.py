@@ -23,8 +23,9 @@ from se4lip_features.adapters import common, patch, synctalk, talkinggaussian
 from se4lip_features.adapters.common import CheckpointError, FeatureError
 
 from se4lip_features import weights
-from se4lip_features.extract import extract_file, sidecar_path
+from se4lip_features.extract import extract_file
 from se4lip_features.model import ModelConfig, SE4Lip
+from se4lip_features.sidecar import sidecar_path
 
 FIXTURES = Path(__file__).parent / "fixtures" / "renderers"
 REPO = Path(__file__).resolve().parent.parent

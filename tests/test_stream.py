@@ -11,7 +11,7 @@ import torch
 from conftest import GRID, SPEECH, TINY
 
 import se4lip_features
-from se4lip_features import StreamingExtractor, audio, extract
+from se4lip_features import StreamingExtractor, audio, extract, frames
 from se4lip_features.audio import AudioError
 
 HALF = audio.window_samples(TINY.n_stft_frames) // 2  # 1792 samples: a window reaches 112 ms either side
@@ -74,7 +74,7 @@ def test_each_frame_comes_with_the_sample_that_completes_its_last_window(extract
     arrived = []  # samples pushed when each frame came out
     for n in range(1, len(wav) + 1):
         arrived += [n] * len(stream.push(wav[n - 1: n]))
-    width = extract.LAYOUTS[layout]
+    width = frames.LAYOUTS[layout]
     last_unit = 2 * np.arange(len(arrived)) + width - 1  # the last sub-step of frame i, in half-frame units
     last_centre = np.round((last_unit - (width - 1) / 2) / (2 * fps) * 16000).astype(int)
     np.testing.assert_array_equal(arrived, last_centre + HALF)  # not a sample later, nor earlier
@@ -128,7 +128,7 @@ def test_long_file_is_read_encoded_and_written_in_bounded_pieces(extractor, tmp_
     expected = extractor.extract(audio.load_audio(path), audio.SAMPLE_RATE, layout="ds")  # the whole file in memory
 
     held, pushed = [], []
-    push = extract.FrameStream.push
+    push = frames.FrameStream.push
 
     def spying(self, wav16, last=False):
         pushed.append(len(wav16))
@@ -136,7 +136,7 @@ def test_long_file_is_read_encoded_and_written_in_bounded_pieces(extractor, tmp_
         held.append((len(self.samples), len(self.emb)))
         return rows
 
-    monkeypatch.setattr(extract.FrameStream, "push", spying)
+    monkeypatch.setattr(frames.FrameStream, "push", spying)
     monkeypatch.setattr(audio, "BLOCK_SECONDS", 1.0)
     out = tmp_path / "long_se4lip.npy"
     meta = extract.extract_file(path, out, extractor=extractor, layout="ds")
