@@ -18,7 +18,7 @@ RENDER_FPS = 25.0  # both renderers read 25 fps video and write 25 fps results
 MAX_WINDOW = 16  # AudioNet.forward keeps the first 16 steps of the window axis and drops the rest
 FRAME_SLACK = 1  # feature rows may differ from video frames by one (audio and video lengths round apart)
 TRANSFORMS = ("transforms_train.json", "transforms_val.json")  # together they list every video frame
-# The renderers' own features, by the input width of AudioNet's first conv (renderers.md §3.4).
+# The renderers' own features, by the input width of AudioNet's first conv.
 NATIVE_DIMS = {29: "deepspeech", 44: "esperanto", 1024: "hubert"}
 # Persistent buffer on an SE4Lip-fed AudioNet: the SHA-256 of the weights that made its training features.
 TAG = "se4lip_weights_sha256"

@@ -260,11 +260,11 @@ def speech_windows(wav: torch.Tensor, centres: torch.Tensor, n_stft_frames: int)
     -------
     torch.Tensor, float32, shape (n_windows, n_stft_frames, 257)
     """
-    starts, which = window_frames(centres.to(wav.device), n_stft_frames)
+    starts, which = shared_stft_frames(centres.to(wav.device), n_stft_frames)
     return log_stft_frames(wav, starts)[which]
 
 
-def window_frames(centres: torch.Tensor, n_stft_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+def shared_stft_frames(centres: torch.Tensor, n_stft_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The distinct STFT frames of windows centred on ``centres``, and which of them each window reads.
 
     Returns

@@ -257,7 +257,7 @@ def train_parser() -> argparse.ArgumentParser:
     for field in dataclasses.fields(TrainConfig):
         _add_field_flag(recipe, field)
     model = parser.add_argument_group("model (ignored with --init; lip crop size and fps come from the data); "
-                                      "--front-end mel and --speech-encoder cnn are the paper's Table 6 ablation")
+                                      "the default is the default weights' Mel + CNN; --front-end stft --speech-encoder gru is the paper's design")
     choices = {"front_end": FRONT_ENDS, "speech_encoder": SPEECH_ENCODERS}
     for field in dataclasses.fields(ModelConfig):
         if field.name in MODEL_FLAGS:

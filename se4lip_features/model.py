@@ -32,9 +32,10 @@ class ModelConfig:
     n_fft: int = audio.N_FFT
     win_length: int = audio.WIN_LENGTH
     hop_length: int = audio.HOP_LENGTH
-    # The paper's design is STFT + GRU; the others are its Table 6 ablation, trained the same way.
-    front_end: str = "stft"  # "stft": the 257 log-STFT bins; "mel": 80 log-mel bands of that same STFT
-    speech_encoder: str = "gru"  # "gru": 8-layer GRU over the window; "cnn": a 2-D CNN over it
+    # The default is the design of the default weights, Mel + CNN, from the paper's Table 6 ablation; the
+    # paper's own design is STFT + GRU (front_end="stft", speech_encoder="gru", the se4lip-grid-s1-v1 weights).
+    front_end: str = "mel"  # "stft": the 257 log-STFT bins; "mel": 80 log-mel bands of that same STFT
+    speech_encoder: str = "cnn"  # "gru": 8-layer GRU over the window; "cnn": a 2-D CNN over it
     # Subtract each window's mean log feature (over its frames and bands) before the encoder: a gain applied
     # to the audio adds the same constant to every log feature, so the recording level drops out.
     level_norm: bool = False
@@ -61,10 +62,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
+        """The config stored in weights or a checkpoint; files older than the design fields are STFT + GRU."""
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
-        return cls(**values)
+        return cls(**{"front_end": "stft", "speech_encoder": "gru", **values})
 
     def check_front_end(self) -> None:
         """Refuse weights whose front end differs from the one this package computes."""
@@ -129,8 +131,8 @@ class SpeechEncoder(nn.Module):
         """This encoder for extraction: itself for the GRU; for the CNN, a copy with BatchNorm folded in.
 
         Folding each BatchNorm's running statistics and affine into the convolution before it computes
-        the same function in eval mode (to float rounding) with one pass over each activation map less.
-        Measured on one core, 256 windows: 1.1x faster in fp32, 2.7x under bf16 autocast.
+        the same function in eval mode (to float rounding) with one pass over each activation map less,
+        which is what lets bf16 autocast pay off (README, Performance).
         """
         if self.cnn is None:
             return self
@@ -171,8 +173,7 @@ class AudioCNN(nn.Module):
 
     Strided blocks halve the frequency axis five times and the time axis four (25 STFT frames -> 2),
     to 9 x 2 for the 257 STFT bins or 3 x 2 for 80 mel bands; the map is averaged and projected. Its
-    widths are chosen so that a training step costs about what the GRU's does (measured: 0.3-0.4 s
-    forward + backward for 192 windows on one core in bf16).
+    widths are chosen so that a training step costs about what the GRU's does.
     """
 
     def __init__(self, embed_dim: int):

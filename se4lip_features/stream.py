@@ -31,7 +31,7 @@ class ProgressiveFrames(FrameStream):
         self.n_stft = extractor.config.n_stft_frames
         self.inputs = speech.inputs
         gru = speech.gru
-        # (in, 3H) and (H, 3H) copies: with a few rows per matmul, a contiguous right-hand side is ~1.7x faster
+        # (in, 3H) and (H, 3H) copies: with a few rows per matmul, a contiguous right-hand side is faster
         self.layers = [(getattr(gru, f"weight_ih_l{k}").detach().t().contiguous(),
                         getattr(gru, f"weight_hh_l{k}").detach().t().contiguous(),
                         getattr(gru, f"bias_ih_l{k}").detach(), getattr(gru, f"bias_hh_l{k}").detach())

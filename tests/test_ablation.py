@@ -6,8 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
-from test_stream import push_all, speech_of
+from conftest import TINY_MODEL, push_all, speech_of
 
 from se4lip_features import StreamingExtractor, audio, extract, weights
 from se4lip_features.audio import MEL_BANDS
@@ -19,12 +18,12 @@ VARIANTS = [("mel", "gru"), ("stft", "cnn"), ("mel", "cnn")]
 
 
 def variant(front_end, speech_encoder) -> ModelConfig:
-    return dataclasses.replace(TINY, front_end=front_end, speech_encoder=speech_encoder)
+    return dataclasses.replace(TINY_MODEL, front_end=front_end, speech_encoder=speech_encoder)
 
 
 def test_mel_front_end_is_log_mel_of_the_stft_magnitude(speech):
     wav = torch.from_numpy(speech[0])
-    spec = audio.speech_windows(wav, torch.arange(2000, len(wav), 4000), TINY.n_stft_frames)
+    spec = audio.speech_windows(wav, torch.arange(2000, len(wav), 4000), TINY_MODEL.n_stft_frames)
     got = SE4Lip(variant("mel", "gru")).speech.features(spec)
     basis = audio.mel_filterbank(16000, 512, 80, 55.0, 7600.0)  # Wav2Lip's bands on the SE4Lip STFT
     expected = np.log(np.exp(spec.numpy()) @ basis.T + audio.LOG_EPS)
@@ -36,7 +35,7 @@ def test_mel_front_end_is_log_mel_of_the_stft_magnitude(speech):
 def test_a_tone_peaks_in_the_mel_band_centred_nearest_it(hz):
     t = np.arange(16000) / 16000
     wav = torch.from_numpy(np.sin(2 * np.pi * hz * t).astype(np.float32))
-    spec = audio.speech_windows(wav, torch.tensor([8000]), TINY.n_stft_frames)
+    spec = audio.speech_windows(wav, torch.tensor([8000]), TINY_MODEL.n_stft_frames)
     bands = SE4Lip(variant("mel", "gru")).speech.features(spec)[0].mean(0)
     mel_points = np.linspace(audio.hz_to_mel(55.0), audio.hz_to_mel(7600.0), MEL_BANDS + 2)
     centres = audio.mel_to_hz(mel_points[1:-1])

@@ -45,7 +45,7 @@ def tiny_weights(tmp_path_factory):
     for seed, (name, dim) in enumerate((("tiny", DIM), ("other", DIM), ("wide", 40))):
         torch.manual_seed(seed)
         paths[name] = root / f"{name}.safetensors"
-        weights.save(SE4Lip(ModelConfig(gru_hidden=8, gru_layers=1, embed_dim=dim)), paths[name])
+        weights.save(SE4Lip(ModelConfig(gru_hidden=8, gru_layers=1, embed_dim=dim, front_end="stft", speech_encoder="gru")), paths[name])
     return paths
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import SPEECH, TINY
+from conftest import SPEECH, TINY_MODEL
 
 from se4lip_features import weights
 from se4lip_features.cli import extract_main
@@ -40,7 +40,7 @@ def test_one_file_beside_its_input(cli, tmp_path, extractor, speech, tiny_weight
     shutil.copy(SPEECH, tmp_path / "aud.wav")
     status, out, err = cli(tmp_path / "aud.wav")
     assert (status, err) == (0, [])
-    assert out == [f"{tmp_path / 'aud_se4lip.npy'}: 30 frames x 16 x {TINY.embed_dim}"]
+    assert out == [f"{tmp_path / 'aud_se4lip.npy'}: 30 frames x 16 x {TINY_MODEL.embed_dim}"]
     assert files(tmp_path) == ["aud.wav", "aud_se4lip.json", "aud_se4lip.npy"]
     assert np.load(tmp_path / "aud_se4lip.npy").tobytes() == extractor.extract(*speech).tobytes()
     side = json.loads((tmp_path / "aud_se4lip.json").read_text())
@@ -55,7 +55,7 @@ def test_output_file_and_options(cli, tmp_path, extractor, speech):
     assert (status, err) == (0, [])
     assert files(tmp_path) == ["feats.json", "feats.npy"]
     feats = np.load(tmp_path / "feats.npy")
-    assert feats.shape == (36, 1, TINY.embed_dim) and feats.dtype == np.float32
+    assert feats.shape == (36, 1, TINY_MODEL.embed_dim) and feats.dtype == np.float32
     np.testing.assert_allclose(feats, extractor.extract(*speech, fps=30, layout="ave"), atol=1e-5)
     side = json.loads((tmp_path / "feats.json").read_text())
     assert (side["layout"], side["window"], side["fps"], side["n_frames"]) == ("ave", 1, 30.0, 36)
@@ -74,7 +74,7 @@ def test_several_files_beside_each_or_into_a_folder(cli, tmp_path, speech):
     assert (status, err) == (0, [])
     assert len(out) == 2
     assert files(tmp_path) == ["a.wav", "a_se4lip.json", "a_se4lip.npy", "b.flac", "b_se4lip.json", "b_se4lip.npy"]
-    assert np.load(tmp_path / "b_se4lip.npy").shape == (13, 16, TINY.embed_dim)  # 0.5 s at 25 fps: 12.5 -> 13
+    assert np.load(tmp_path / "b_se4lip.npy").shape == (13, 16, TINY_MODEL.embed_dim)  # 0.5 s at 25 fps: 12.5 -> 13
 
     status, _, err = cli(tmp_path / "a.wav", tmp_path / "b.flac", "-o", tmp_path / "out")
     assert (status, err) == (0, [])
@@ -108,7 +108,7 @@ def test_existing_output_is_never_overwritten_without_force(cli, tmp_path):
     assert (target.read_bytes(), (tmp_path / "aud_se4lip.json").read_bytes()) == before
     status, _, err = cli(SPEECH, "-o", target, "--layout", "ave", "--force")
     assert (status, err) == (0, [])
-    assert np.load(target).shape == (30, 1, TINY.embed_dim)
+    assert np.load(target).shape == (30, 1, TINY_MODEL.embed_dim)
     assert json.loads((tmp_path / "aud_se4lip.json").read_text())["layout"] == "ave"
 
 
@@ -261,6 +261,6 @@ def test_console_script(tmp_path, tiny_weights, extractor, speech):
     done = subprocess.run([script, str(SPEECH), "-o", str(tmp_path / "aud_se4lip.npy"), "--weights",
                            str(tiny_weights)], capture_output=True, text=True, timeout=120, check=False)
     assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout == f"{tmp_path / 'aud_se4lip.npy'}: 30 frames x 16 x {TINY.embed_dim}\n"
+    assert done.stdout == f"{tmp_path / 'aud_se4lip.npy'}: 30 frames x 16 x {TINY_MODEL.embed_dim}\n"
     assert np.load(tmp_path / "aud_se4lip.npy").tobytes() == extractor.extract(*speech).tobytes()
     assert json.loads((tmp_path / "aud_se4lip.json").read_text())["n_frames"] == 30

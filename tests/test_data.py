@@ -6,8 +6,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import soundfile
-from conftest import CLIPS, GRID, prepare_grid
+from conftest import CLIPS, GRID, prepare_grid, renderer_folder
 
 from se4lip_features import audio
 from se4lip_features.training import data, lips
@@ -55,32 +54,8 @@ def test_segments_split_long_videos(tmp_path):
     assert sum(c.n_frames for c in ds.clips) == 150 and all(c.n_samples == 16000 for c in ds.clips)
 
 
-def _renderer_folder(root: Path, missing_lms=(5,)):
-    """A SyncTalk-style data folder: aud.wav, ori_imgs/<i>.jpg and 68-point <i>.lms."""
-    frames, _ = lips.read_video(GRID / "bbaf2n.mp4")
-    wav = audio.load_audio(GRID / "bbaf2n.mp4")
-    (root / "ori_imgs").mkdir(parents=True)
-    soundfile.write(root / "aud.wav", wav, audio.SAMPLE_RATE)
-    recorded = np.load(GRID / "bbaf2n_mediapipe.npy")
-    for i, frame in enumerate(frames[:20]):
-        with av.open(str(root / "ori_imgs" / f"{i}.jpg"), "w", format="image2") as out:
-            stream = out.add_stream("mjpeg")
-            stream.width, stream.height, stream.pix_fmt = 360, 288, "yuvj420p"
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-            for packet in stream.encode():
-                out.mux(packet)
-        if i in missing_lms:
-            continue
-        lms = np.repeat(recorded[i, :40].mean(0, keepdims=True), 68, axis=0)
-        lms[48:68] = recorded[i, :20]
-        lms[36], lms[45] = recorded[i, 40], recorded[i, 41]
-        np.savetxt(root / "ori_imgs" / f"{i}.lms", lms, "%f")
-    return wav
-
-
 def test_renderer_folder_reader(tmp_path):
-    wav = _renderer_folder(tmp_path / "May")
+    wav = renderer_folder(tmp_path / "May")
     meta = data.prepare_renderer_folder(tmp_path / "May", tmp_path / "ds")
     ds = data.PreparedData(tmp_path / "ds")
     assert meta["landmarks"] == "ibug68" and len(ds.clips) == 1

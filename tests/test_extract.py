@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import DATA, SPEECH, TINY
+from conftest import DATA, SPEECH, TINY_MODEL
 
 import se4lip_features
 from se4lip_features import __version__, audio, extract, sidecar
@@ -31,7 +31,7 @@ def silence(seconds, sr=16000):
 def test_one_row_per_video_frame(extractor, fps, seconds, rows):
     wav = np.random.default_rng(0).uniform(-0.1, 0.1, round(seconds * 16000)).astype(np.float32)
     assert audio.frame_count(len(wav), fps) == rows
-    assert extractor.extract(wav, 16000, fps=fps, layout="ave").shape == (rows, 1, TINY.embed_dim)
+    assert extractor.extract(wav, 16000, fps=fps, layout="ave").shape == (rows, 1, TINY_MODEL.embed_dim)
 
 
 def test_frame_count_uses_the_duration_at_any_sample_rate(extractor):
@@ -48,9 +48,9 @@ def test_audio_shorter_than_one_frame(extractor):
 @pytest.mark.parametrize("layout, width", [("ds", 16), ("hubert", 2), ("ave", 1)])
 def test_layouts_are_3d_float32(extractor, speech, layout, width):
     feats = extractor.extract(*speech, fps=25, layout=layout)
-    assert feats.shape == (30, width, TINY.embed_dim) and feats.dtype == np.float32
+    assert feats.shape == (30, width, TINY_MODEL.embed_dim) and feats.dtype == np.float32
     # unit-norm embeddings times sqrt(dim): every channel has unit RMS, like the features renderers expect
-    np.testing.assert_allclose(np.linalg.norm(feats, axis=2), math.sqrt(TINY.embed_dim), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=2), math.sqrt(TINY_MODEL.embed_dim), rtol=1e-5)
 
 
 def test_layouts_share_one_sub_step_grid(extractor, speech):
@@ -73,7 +73,7 @@ def test_row_i_is_centred_on_i_over_fps(extractor, fps, layout):
     n, width = changed.shape
     centre = np.arange(n)[:, None] / fps + (np.arange(width)[None, :] - (width - 1) / 2) / (2 * fps)  # seconds
     distance = np.round(centre * 16000).astype(int) - click
-    half = audio.window_samples(TINY.n_stft_frames) // 2  # 1792 samples, 112 ms either side
+    half = audio.window_samples(TINY_MODEL.n_stft_frames) // 2  # 1792 samples, 112 ms either side
     assert np.abs(np.abs(distance) - half).min() > 16  # no window edge so close that Hann's zero hides the click
     np.testing.assert_array_equal(changed, np.abs(distance) < half)
     assert changed.any()
@@ -111,7 +111,7 @@ def test_int16_and_float_input_give_the_same_features(extractor, speech):
 
 def test_silence_is_valid_input(extractor):
     feats = extractor.extract(silence(1.0), 16000, fps=25, layout="ds")
-    assert feats.shape == (25, 16, TINY.embed_dim) and np.isfinite(feats).all()
+    assert feats.shape == (25, 16, TINY_MODEL.embed_dim) and np.isfinite(feats).all()
     np.testing.assert_array_equal(feats, np.broadcast_to(feats[0, 0], feats.shape))  # every window is alike
 
 
@@ -163,7 +163,7 @@ def test_extract_file_writes_features_and_sidecar(extractor, tiny_weights, speec
     feats = np.load(out)
     np.testing.assert_array_equal(feats, extractor.extract(*speech, fps=30, layout="hubert"))
     assert json.loads((tmp_path / "sub" / "aud_se4lip.json").read_text()) == meta == {
-        "dim": TINY.embed_dim, "layout": "hubert", "window": 2, "fps": 30.0, "n_frames": 36,
+        "dim": TINY_MODEL.embed_dim, "layout": "hubert", "window": 2, "fps": 30.0, "n_frames": 36,
         "scale": "unit-norm embedding x sqrt(dim)", "weights": "tiny", "weights_sha256": sha256_file(tiny_weights),
         "precision": "fp32", "audio": "speech.wav", "audio_sha256": sha256_file(SPEECH), "version": __version__,
     }
@@ -179,7 +179,7 @@ def test_extract_file_refuses_to_overwrite(extractor, tmp_path):
         extract.extract_file(SPEECH, out, extractor=extractor, layout="ave")
     assert out.read_bytes() == before
     extract.extract_file(SPEECH, out, extractor=extractor, layout="ave", force=True)
-    assert np.load(out).shape == (30, 1, TINY.embed_dim)
+    assert np.load(out).shape == (30, 1, TINY_MODEL.embed_dim)
 
 
 def test_failed_write_leaves_the_old_files_and_no_partial_one(extractor, tmp_path, monkeypatch):

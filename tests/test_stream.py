@@ -8,33 +8,13 @@ import pytest
 import soundfile
 import soxr
 import torch
-from conftest import GRID, SPEECH, TINY
+from conftest import GRID, SPEECH, TINY_MODEL, push_all, speech_of
 
 import se4lip_features
 from se4lip_features import StreamingExtractor, audio, extract, frames
 from se4lip_features.audio import AudioError
 
-HALF = audio.window_samples(TINY.n_stft_frames) // 2  # 1792 samples: a window reaches 112 ms either side
-
-
-def speech_of(seconds):
-    """The committed 16 kHz clip repeated to ``seconds``, with a little noise so no two windows are alike."""
-    wav, _ = soundfile.read(SPEECH, dtype="float32")
-    wav = np.tile(wav, int(np.ceil(seconds * 16000 / len(wav))))[: round(seconds * 16000)]
-    return wav + np.random.default_rng(0).normal(0, 1e-3, len(wav)).astype(np.float32)
-
-
-def push_all(stream, wav, sizes):
-    """Push ``wav`` in chunks of the given sizes (cycled), then flush; returns all frames."""
-    out, start, k = [], 0, 0
-    while start < len(wav):
-        n = sizes[k % len(sizes)]
-        rows = stream.push(wav[start: start + n])
-        assert rows.dtype == np.float32 and rows.shape[1:] == (stream.width, TINY.embed_dim)
-        out.append(rows)
-        start, k = start + n, k + 1
-    out.append(stream.flush())
-    return np.concatenate(out)
+HALF = audio.window_samples(TINY_MODEL.n_stft_frames) // 2  # 1792 samples: a window reaches 112 ms either side
 
 
 @pytest.mark.parametrize("fps", [25, 29.97])
@@ -89,9 +69,9 @@ def test_algorithmic_latency(extractor, layout, seconds):
 
 def test_a_stream_shorter_than_a_frame_has_no_frames(extractor):
     stream = StreamingExtractor(extractor, layout="ave")
-    assert stream.push(np.zeros(300, np.float32)).shape == (0, 1, TINY.embed_dim)
-    assert stream.flush().shape == (0, 1, TINY.embed_dim)
-    assert stream.flush().shape == (0, 1, TINY.embed_dim)  # nothing pushed at all
+    assert stream.push(np.zeros(300, np.float32)).shape == (0, 1, TINY_MODEL.embed_dim)
+    assert stream.flush().shape == (0, 1, TINY_MODEL.embed_dim)
+    assert stream.flush().shape == (0, 1, TINY_MODEL.embed_dim)  # nothing pushed at all
 
 
 def test_bad_chunks_and_options_are_refused(extractor):
@@ -157,7 +137,7 @@ def test_streamed_npy_is_what_np_save_writes(extractor, tmp_path, monkeypatch):
     with open(tmp_path / "ref.npy", "wb") as f:
         np.save(f, feats)
     assert out.read_bytes() == (tmp_path / "ref.npy").read_bytes()
-    assert feats.shape == (30, 2, TINY.embed_dim)
+    assert feats.shape == (30, 2, TINY_MODEL.embed_dim)
 
 
 def test_a_problem_late_in_a_long_file_leaves_nothing(extractor, tmp_path, monkeypatch):
@@ -183,7 +163,7 @@ def test_extraction_does_not_keep_a_whole_file_of_embeddings(extractor, monkeypa
     monkeypatch.setattr(extractor, "embed", counting)
     monkeypatch.setattr(audio, "BLOCK_SECONDS", 1.0)
     feats = extractor.extract(speech_of(6.0), 16000, layout="ds")
-    assert feats.shape == (150, 16, TINY.embed_dim)
+    assert feats.shape == (150, 16, TINY_MODEL.embed_dim)
     # each encoder run sees about a second of audio and encodes about a second of sub-steps (50 at 25 fps)
     assert len(calls) == 6 and max(n for n, _ in calls) < 16000 + 8000 and max(k for _, k in calls) <= 50 + 16
     assert sum(k for _, k in calls) == 2 * (150 - 1) + 16  # every sub-step encoded exactly once

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import prepare_grid
+from conftest import TINY_MODEL, prepare_grid, renderer_folder
 
 from se4lip_features import evaluate, weights
 from se4lip_features.model import ModelConfig, SE4Lip, SpeechEncoder, cosine_bce, pair_losses
@@ -17,8 +17,7 @@ from se4lip_features.training import data
 from se4lip_features.training.data import PreparedData
 from se4lip_features.training.train import TrainConfig, WindowSampler, speech_specs, train
 
-TINY_MODEL = ModelConfig(gru_hidden=16, gru_layers=2, embed_dim=32)
-TINY = TrainConfig(steps=4, clips_per_batch=2, lip_span=4, speech_margin=3, warmup_steps=1, val_clips=2,
+TINY_TRAIN = TrainConfig(steps=4, clips_per_batch=2, lip_span=4, speech_margin=3, warmup_steps=1, val_clips=2,
                    val_every=2, ckpt_every_s=0.0, bf16=False)
 
 
@@ -46,7 +45,7 @@ def test_pair_losses_ignore_near_offsets():
 
 def test_sampler_pairs_lips_with_their_own_speech(dataset):
     data = PreparedData(dataset)
-    sampler = WindowSampler([(data, c) for c in data.clips], TINY, TINY_MODEL)
+    sampler = WindowSampler([(data, c) for c in data.clips], TINY_TRAIN, TINY_MODEL)
     lips, wavs, (lip_f, sp_f, lip_c, sp_c) = sampler.batch(np.random.default_rng(0))
     assert lips.shape == (8, 15, 48, 96) and 0 <= lips.min() and lips.max() <= 1
     assert len(sp_f) == 2 * (4 + 2 * 3) and len(wavs) == 2
@@ -73,7 +72,7 @@ def _fixed_batches_loss(model, data, cfg):
 
 
 def test_training_lowers_the_loss(dataset, tmp_path):
-    cfg = dataclasses.replace(TINY, steps=40, lr=3e-4, lip_span=6, warmup_steps=5, val_every=40)
+    cfg = dataclasses.replace(TINY_TRAIN, steps=40, lr=3e-4, lip_span=6, warmup_steps=5, val_every=40)
     data = PreparedData(dataset)
     history = train(dataset, tmp_path / "run", cfg, TINY_MODEL, progress=False)
     model, info = weights.load(tmp_path / "run" / "final.safetensors")
@@ -90,12 +89,12 @@ def test_training_lowers_the_loss(dataset, tmp_path):
 
 
 def test_resume_equals_uninterrupted(dataset, tmp_path):
-    train(dataset, tmp_path / "a", TINY, TINY_MODEL, progress=False)
-    train(dataset, tmp_path / "b", TINY, TINY_MODEL, stop_at=2, progress=False)
+    train(dataset, tmp_path / "a", TINY_TRAIN, TINY_MODEL, progress=False)
+    train(dataset, tmp_path / "b", TINY_TRAIN, TINY_MODEL, stop_at=2, progress=False)
     assert not (tmp_path / "b" / "final.safetensors").exists()
     first = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)
     assert first["step"] == 2 and first["history"]["wall_s"] > 0
-    train(dataset, tmp_path / "b", TINY, TINY_MODEL, resume=True, progress=False)
+    train(dataset, tmp_path / "b", TINY_TRAIN, TINY_MODEL, resume=True, progress=False)
     a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)
     assert a["history"]["loss"] == b["history"]["loss"]
@@ -107,9 +106,9 @@ def test_resume_equals_uninterrupted(dataset, tmp_path):
 
 
 def test_fine_tuning_starts_from_given_weights(dataset, tmp_path):
-    train(dataset, tmp_path / "base", TINY, TINY_MODEL, progress=False)
+    train(dataset, tmp_path / "base", TINY_TRAIN, TINY_MODEL, progress=False)
     base = tmp_path / "base" / "final.safetensors"
-    cfg = dataclasses.replace(TINY, steps=1, lr=1e-12, warmup_steps=1)
+    cfg = dataclasses.replace(TINY_TRAIN, steps=1, lr=1e-12, warmup_steps=1)
     train(dataset, tmp_path / "tuned", cfg, ModelConfig(), init=str(base), progress=False)  # config comes from init
     tuned, _ = weights.load(tmp_path / "tuned" / "final.safetensors")
     start, _ = weights.load(base)
@@ -122,7 +121,7 @@ def test_distributed_two_processes(dataset, tmp_path):
     script = (
         "import sys, dataclasses; from se4lip_features.training.train import train, TrainConfig; "
         "from se4lip_features.model import ModelConfig; "
-        f"train(sys.argv[1], sys.argv[2], TrainConfig(**{dataclasses.asdict(TINY)!r}), "
+        f"train(sys.argv[1], sys.argv[2], TrainConfig(**{dataclasses.asdict(TINY_TRAIN)!r}), "
         f"ModelConfig(**{TINY_MODEL.to_dict()!r}), device='cpu', progress=False)"
     )
     (tmp_path / "job.py").write_text(script)
@@ -177,11 +176,9 @@ def test_clip_sync_finds_a_known_shift(monkeypatch):
 
 
 def test_prepare_train_eval_commands(dataset, tmp_path, capsys):
-    from test_data import _renderer_folder
-
     from se4lip_features.cli import eval_main, prepare_main, train_main
 
-    _renderer_folder(tmp_path / "May")
+    renderer_folder(tmp_path / "May")
     assert prepare_main([str(tmp_path / "May"), "-o", str(tmp_path / "prep"), "--segment", "0.4"]) == 0
     assert "2 clips, 20 frames, 1 without a face" in capsys.readouterr().out
     assert prepare_main([str(tmp_path / "May"), "-o", str(tmp_path / "prep")]) == 1
@@ -189,7 +186,8 @@ def test_prepare_train_eval_commands(dataset, tmp_path, capsys):
 
     run = tmp_path / "run"
     flags = ["--steps", "2", "--clips-per-batch", "2", "--lip-span", "4", "--speech-margin", "3", "--val-clips", "2",
-             "--val-every", "2", "--no-bf16", "--gru-hidden", "16", "--gru-layers", "2", "--embed-dim", "32"]
+             "--val-every", "2", "--no-bf16", "--gru-hidden", "16", "--gru-layers", "2", "--embed-dim", "32",
+             "--front-end", "stft", "--speech-encoder", "gru"]
     assert train_main([str(dataset), "-o", str(run), *flags, "--stop-at", "1"]) == 0
     assert "step 1 of 2" in capsys.readouterr().out and not (run / "final.safetensors").exists()
     assert train_main([str(dataset), "-o", str(run), *flags]) == 1
@@ -255,7 +253,7 @@ def test_eval_sync_runs_the_fast_path_when_asked(dataset, tmp_path, tiny_weights
 def test_training_on_several_datasets_holds_out_each(dataset, tmp_path):
     prepare_grid(tmp_path / "short", segment_s=0.6)  # 15-frame clips, ids bbaf2n@0, ...
     (tmp_path / "short" / "meta.json").write_text((tmp_path / "short" / "meta.json").read_text().replace("@", "#"))
-    cfg = TrainConfig(**{**TINY.__dict__, "val_clips": 2, "gain_db": 40.0, "noise_p": 0.5})
+    cfg = TrainConfig(**{**TINY_TRAIN.__dict__, "val_clips": 2, "gain_db": 40.0, "noise_p": 0.5})
     train([dataset, tmp_path / "short"], tmp_path / "run", cfg, TINY_MODEL, progress=False)
     val = json.loads((tmp_path / "run" / "split.json").read_text())["val"]
     first, second = (data.PreparedData(d).split(2, seed=cfg.seed)[1] for d in (dataset, tmp_path / "short"))
@@ -289,4 +287,4 @@ def test_level_norm_makes_the_speech_encoder_gain_invariant():
         plain.load_state_dict(model.state_dict())
         assert (a - b).abs().max() < 1e-5 and (plain.encode_speech(spec) - plain.encode_speech(spec + 3.0)).abs().max() > 0.01
     with pytest.raises(ValueError, match="level_norm needs speech_encoder='cnn'"):
-        ModelConfig(level_norm=True)
+        ModelConfig(front_end="stft", speech_encoder="gru", level_norm=True)

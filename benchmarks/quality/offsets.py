@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     data = PreparedData(args.data)
     train, held = probe.split_clips(data, split_file=args.split)
     targets = probe.Targets.from_data(data)
-    label, extractor = probe.load_features(args.features)
+    label, extractor = probe.feature_extractor(args.features)
     bank = probe.FeatureBank.build(label, extractor, data)
     model, table, mean_shape = probe.train_probe(bank, targets, train, args.seed)
     pred = probe.predict(model, table, bank.rows, held, targets, mean_shape)

@@ -88,8 +88,8 @@ def run(args) -> dict:
     train, held = probe.split_clips(data, args.val_clips, args.split_seed, args.split)
     cfg = probe.ProbeConfig(steps=args.steps)
     targets = probe.Targets.from_data(data, cfg.ref_eye_px)
-    specs = [probe.load_features(name) for name in args.baselines]
-    specs += [probe.load_features(str(w)) for w in args.weights]
+    specs = [probe.feature_extractor(name) for name in args.baselines]
+    specs += [probe.feature_extractor(str(w)) for w in args.weights]
     anchors = visemes.letter_anchors(args.align, [c.id for c in data.clips]) if args.align.is_dir() else []
     log.info("%s: %d clips (%d train, %d held out), %d letter anchors, features: %s", args.data, len(data.clips),
              len(train), len(held), len(anchors), ", ".join(label for label, _ in specs))

@@ -3,7 +3,7 @@
 The NeRF/3DGS renderers (SyncTalk, ER-NeRF, TalkingGaussian) turn per-frame features [N, W, D] into a
 32-d code with AudioNet (four stride-2 convolutions over the W sub-steps, then FC 64 -> 64 -> 32) and
 AudioAttNet (softmax attention over the 8 frames i-4..i+3, zero-padded at the sequence ends). This module
-is our own implementation of that path, from its description in ``shared/reference/renderers.md``, followed
+is our own implementation of that path, from the renderers' published descriptions of it, followed
 by a small MLP head that predicts the frame's mouth landmarks. Training it on one speaker's utterances and
 measuring it on held-out utterances ranks feature types by how much lip shape a renderer can get out of
 them, in minutes on a CPU instead of days of renderer training on a GPU.
@@ -582,7 +582,7 @@ def write_outputs(result: dict, out_dir: str | Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------ feature types
 
-def load_features(spec: str, device: str = "cpu", precision: str = "fp32"):
+def feature_extractor(spec: str, device: str = "cpu", precision: str = "fp32"):
     """A feature extractor from a spec: a baseline name (``log-mel``, ``mfcc``, ``stft``), SE4Lip weights
     (``.safetensors``, or a registry name), or a training checkpoint ``ckpt.pt`` of ``se4lip-train``.
     SE4Lip runs at ``precision`` (see :data:`se4lip_features.extract.PRECISIONS`); bf16 is in its label.
@@ -643,7 +643,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     try:
         data = PreparedData(args.data)
-        specs = [load_features(s, precision=args.precision) for s in args.features]
+        specs = [feature_extractor(s, precision=args.precision) for s in args.features]
         train, held = split_clips(data, args.val_clips, args.split_seed, args.split)
     except (OSError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

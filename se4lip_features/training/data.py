@@ -232,9 +232,6 @@ class PreparedData:
     def clip_valid(self, clip: Clip) -> np.ndarray:
         return self.valid[clip.frame_start: clip.frame_start + clip.n_frames]
 
-    def clip_landmarks(self, clip: Clip) -> np.ndarray:
-        return np.asarray(self.landmarks[clip.frame_start: clip.frame_start + clip.n_frames])
-
     def split(self, n_val: int, seed: int = 0) -> tuple[list[Clip], list[Clip]]:
         """Train/validation split by clip (utterance), never by frame; the same for a given seed."""
         if not 0 < n_val < len(self.clips):

@@ -28,10 +28,6 @@ MEDIAPIPE = LandmarkScheme("mediapipe468", _MP_MOUTH, (33, 263), (_MP_MOUTH.inde
 IBUG68 = LandmarkScheme("ibug68", tuple(range(48, 68)), (36, 45), (62 - 48, 66 - 48))
 
 
-class NoFaceError(RuntimeError):
-    """A video in which no frame has a detectable face."""
-
-
 def read_video(path: str | Path, fps: float = 25.0) -> tuple[np.ndarray, float]:
     """Decode a video as RGB frames resampled to ``fps`` by nearest earlier frame.
 
