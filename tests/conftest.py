@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny randomly initialised SE4Lip saved to a temporary file, and the committed speech clip."""
 
+from __future__ import annotations  # tuple[...] annotations on Python 3.7 and 3.8
+
 from pathlib import Path
 
 import numpy as np
