@@ -414,7 +414,8 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
     finally:
         source.close()
         for tmp in (tmp_npy, tmp_side):
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):  # Path.unlink(missing_ok=) needs Python 3.8
+                tmp.unlink()
         if not done:
             for folder in new_dirs:  # deepest first
                 with contextlib.suppress(OSError):
