@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -72,8 +71,14 @@ def resolve(name_or_path: str | Path | None = None) -> tuple[Path, str]:
 
 
 def _bundled(name: str) -> Path:
-    """Where a released name's file lies inside the installed package."""
-    return Path(str(importlib.resources.files("se4lip_features.pretrained") / f"{name}.safetensors"))
+    """Where a released name's file lies inside the installed package.
+
+    ``se4lip_features.pretrained`` (weights/ in the repository) is a plain folder on disk, so its ``__file__``
+    locates the data on every Python (``importlib.resources.files`` needs 3.9).
+    """
+    from . import pretrained
+
+    return Path(pretrained.__file__).parent / f"{name}.safetensors"
 
 
 def _from_hub(uri: str) -> Path:
