@@ -26,7 +26,8 @@ DEFAULT_BATCH = 256  # speech windows per encoder call
 CHUNK_SECONDS = 30.0  # audio per step of long extractions: memory is bounded by this, not by the duration
 # "bf16", the CPU fast path (AMX / AVX-512 BF16; on CPUs without bf16 it changes nothing): the GRU's matmuls
 # round their inputs to bf16 and accumulate in fp32 (state, gates and outputs stay fp32); the CNN runs under
-# bf16 autocast. The front end is fp32 in both.
+# bf16 autocast. The front end is fp32 in both. With torch 1.12 it changes nothing (torch cannot tell whether the
+# CPU has bf16), nor for the GRU before torch 2.9 (no oneDNN matmul hint).
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -68,6 +69,9 @@ class Extractor:
         # The GRU takes oneDNN's matmul hint instead of autocast, which measured slower and less exact on it
         # (256 windows, 2 threads: 113 against 89 ms, max |diff| to fp32 1.2e-3 against 3.3e-4). A
         # process-wide setting, so it is restored as soon as the encoder call returns.
+        if not hasattr(torch.backends.mkldnn, "matmul"):  # the hint is new in torch 2.9; before, the GRU is fp32
+            yield
+            return
         previous = torch.backends.mkldnn.matmul.fp32_precision
         torch.backends.mkldnn.matmul.fp32_precision = "bf16"
         try:
@@ -274,8 +278,9 @@ class FrameStream:
 
 
 def _cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX)."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX); False where torch cannot tell (1.12)."""
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return torch.backends.mkldnn.is_available() and supported is not None and supported()
 
 
 def check_options(fps: float, layout: str, batch_size: int = 1) -> None:
