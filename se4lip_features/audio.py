@@ -68,9 +68,21 @@ def _load_with_soundfile(path: Path) -> tuple[np.ndarray, int]:
     return data.mean(axis=1).astype(np.float32), int(sr)
 
 
-def _load_with_av(path: Path) -> tuple[np.ndarray, int]:
-    import av
+def _import_av(path: Path):
+    """PyAV, which decodes video and the formats libsndfile cannot; if it is missing, an AudioError naming the file.
 
+    It is not a dependency on Python 3.7, which it has no wheel for: audio files are read by soundfile there.
+    """
+    try:
+        import av
+    except ImportError as err:
+        raise AudioError(f"{path}: cannot decode audio: this needs PyAV, which is not installed (pip install av)") \
+            from err
+    return av
+
+
+def _load_with_av(path: Path) -> tuple[np.ndarray, int]:
+    av = _import_av(path)
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:

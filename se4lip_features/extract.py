@@ -490,8 +490,7 @@ class _FileAudio:
         self.empty_message = "holds no samples"
 
     def _open_av(self) -> None:
-        import av
-
+        av = audio._import_av(self.path)
         try:
             self.file = av.open(str(self.path))
         except av.error.FFmpegError as err:

@@ -12,6 +12,12 @@ import torch
 from se4lip_features import data, extract, lips, weights
 from se4lip_features.model import ModelConfig, SE4Lip
 
+try:
+    import av
+except ImportError:  # not installed with Python 3.7, which PyAV has no wheel for: files are read by soundfile there
+    av = None
+needs_av = pytest.mark.skipif(av is None, reason="needs PyAV, which has no wheel for Python 3.7")
+
 torch.set_num_threads(1)  # the suite must stay fast on 2 shared CPU cores
 
 DATA = Path(__file__).parent / "data"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import SPEECH, TINY
+from conftest import SPEECH, TINY, needs_av
 
 from se4lip_features import weights
 from se4lip_features.cli import extract_main
@@ -149,8 +149,8 @@ def write_bad_input(folder, kind):
     raise ValueError(kind)
 
 
-BAD_INPUTS = ["missing", "empty", "corrupt", "truncated", "corrupt_mp3", "too_short", "nan", "inf", "no_samples",
-              "folder_without_audio"]
+BAD_INPUTS = ["missing", "empty", "corrupt", "truncated", pytest.param("corrupt_mp3", marks=needs_av), "too_short",
+              "nan", "inf", "no_samples", "folder_without_audio"]
 
 
 @pytest.mark.parametrize("kind", BAD_INPUTS)
@@ -161,6 +161,16 @@ def test_bad_input_is_one_line_exit_1_and_no_output(cli, tmp_path, kind):
     assert (status, out) == (1, [])
     assert len(err) == 1 and re.fullmatch(rf"{PROG}: {re.escape(str(path))}: {problem}", err[0]), err
     assert files(tmp_path) == before  # nothing written, not even a .partial
+
+
+def test_video_without_pyav_is_one_line_exit_1(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` fails, as on Python 3.7
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00" * 1000)
+    status, out, err = cli(video)
+    assert (status, out) == (1, [])
+    assert err == [f"{PROG}: {video}: cannot decode audio: this needs PyAV, which is not installed (pip install av)"]
+    assert files(tmp_path) == ["clip.mp4"]
 
 
 def test_silence_is_valid_input(cli, tmp_path):
