@@ -167,7 +167,8 @@ def test_unreadable_files_name_the_file_and_the_problem(tmp_path, capfd):
         "missing.wav": "no such file",
         "empty.wav": "file is empty",
         "junk.wav": r"not a readable audio file \(Format not recognised\)",
-        "junk.mp3": r"cannot decode audio \(Invalid data found when processing input\)",
+        # FFmpeg 6 (in PyAV 12, the last PyAV for Python 3.8) gives up on this mp3 with EINVAL
+        "junk.mp3": r"cannot decode audio \((Invalid data found when processing input|Invalid argument)\)",
         "junk.mp4": r"cannot decode audio \(Invalid data found when processing input\)",
     }
     for name, problem in cases.items():
