@@ -13,7 +13,7 @@ import torch
 from conftest import SPEECH, TINY, needs_av
 
 from se4lip_features import weights
-from se4lip_features.cli import extract_main
+from se4lip_features.cli import eval_main, extract_main, prepare_main, train_main
 
 PROG = "se4lip-extract"
 
@@ -275,3 +275,14 @@ def test_console_script(tmp_path, tiny_weights, extractor, speech):
     assert done.stdout == f"{tmp_path / 'aud_se4lip.npy'}: 30 frames x 16 x {TINY.embed_dim}\n"
     assert np.load(tmp_path / "aud_se4lip.npy").tobytes() == extractor.extract(*speech).tobytes()
     assert json.loads((tmp_path / "aud_se4lip.json").read_text())["n_frames"] == 30
+
+
+@pytest.mark.parametrize("main, prog", [(prepare_main, "se4lip-prepare"), (train_main, "se4lip-train"),
+                                        (eval_main, "se4lip-eval")])
+def test_training_tools_say_in_one_line_what_an_old_environment_lacks(main, prog, capfd, monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "1.12.1")  # a renderer's environment (on Python 3.7/3.8, as it is)
+    assert main(["--help"]) == 1
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert re.fullmatch(rf"{prog}: needs Python >= 3\.9 and torch >= 1\.13 \(this is Python 3\.\d+\.\d+\S* with "
+                        r"torch 1\.12\.1\); se4lip-extract and the renderer adapters work here\n", err), err
