@@ -97,8 +97,7 @@ class AudioFile:
         self.empty_message = "holds no samples"
 
     def _open_av(self) -> None:
-        import av
-
+        av = _import_av(self.path)
         try:
             self.file = av.open(str(self.path))
         except av.error.FFmpegError as err:
@@ -128,7 +127,7 @@ class AudioFile:
                     yield data.mean(axis=1).astype(np.float32)
             except (soundfile.SoundFileError, RuntimeError) as err:
                 raise AudioError(f"{self.path}: not a readable audio file ({_sndfile_reason(err)})") from err
-        import av
+        av = _import_av(self.path)
 
         parts, held = [], 0
         try:
@@ -172,6 +171,19 @@ class AudioFile:
             yield np.ascontiguousarray(held, dtype=np.float32)
         finally:
             self.close()
+
+
+def _import_av(path: Path):
+    """PyAV, which decodes video and the formats libsndfile cannot; if it is missing, an AudioError naming the file.
+
+    It is not a dependency on Python 3.7, which it has no wheel for: audio files are read by soundfile there.
+    """
+    try:
+        import av
+    except ImportError as err:
+        raise AudioError(f"{path}: cannot decode audio: this needs PyAV, which is not installed (pip install av)") \
+            from err
+    return av
 
 
 def _sndfile_reason(err: Exception) -> str:

@@ -7,6 +7,8 @@ import dataclasses
 import json
 import logging
 import math
+import platform
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +29,22 @@ def _fail(prog: str, message: object) -> int:
     """Report a fatal problem as one line on stderr; returns the exit status 1."""
     _error(prog, message)
     return 1
+
+
+def tools_env_problem() -> str | None:
+    """What se4lip-prepare, se4lip-train and se4lip-eval need that this environment lacks, in one line; or None.
+
+    They need more than the renderers' old environments (Python 3.7/3.8, torch 1.12) hold: Python 3.9 (dict
+    union, argparse.BooleanOptionalAction, mediapipe's wheels) and torch 1.13 (torch.load(weights_only=)).
+    se4lip-extract and the adapters run there.
+    """
+    import torch
+
+    torch_version = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+    if sys.version_info >= (3, 9) and torch_version >= (1, 13):
+        return None
+    return (f"needs Python >= 3.9 and torch >= 1.13 (this is Python {platform.python_version()} with torch "
+            f"{torch.__version__}); se4lip-extract and the renderer adapters work here")
 
 
 def _setup_logging() -> None:
@@ -209,6 +227,9 @@ def prepare_parser() -> argparse.ArgumentParser:
 
 
 def prepare_main(argv=None) -> int:
+    problem = tools_env_problem()
+    if problem:
+        return _fail("se4lip-prepare", problem)
     parser = prepare_parser()
     args = parser.parse_args(argv)
     _setup_logging()
@@ -280,6 +301,9 @@ def _add_field_flag(group, field, choices=None) -> None:
 
 
 def train_main(argv=None) -> int:
+    problem = tools_env_problem()
+    if problem:
+        return _fail("se4lip-train", problem)
     from .model import ModelConfig
     from .training.train import TrainConfig, train
 
@@ -326,6 +350,9 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def eval_main(argv=None) -> int:
+    problem = tools_env_problem()
+    if problem:
+        return _fail("se4lip-eval", problem)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lmd"]:  # the landmark probe keeps its own parser (python -m se4lip_features.analysis.probe)
         from .analysis import probe

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 # "bf16", the CPU fast path (AMX / AVX-512 BF16; on CPUs without bf16 it changes nothing): the GRU's matmuls
 # round their inputs to bf16 and accumulate in fp32 (state, gates and outputs stay fp32); the CNN runs under
-# bf16 autocast. The front end is fp32 in both.
+# bf16 autocast. The front end is fp32 in both. With torch 1.12 it changes nothing (torch cannot tell whether the
+# CPU has bf16), nor for the GRU before torch 2.9 (no oneDNN matmul hint).
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -64,6 +65,9 @@ class Extractor:
             return
         # The GRU takes oneDNN's matmul hint instead of autocast, which was both slower and less exact on it.
         # A process-wide setting, so it is restored as soon as the encoder call returns.
+        if not hasattr(torch.backends.mkldnn, "matmul"):  # the hint is new in torch 2.9; before, the GRU is fp32
+            yield
+            return
         previous = torch.backends.mkldnn.matmul.fp32_precision
         torch.backends.mkldnn.matmul.fp32_precision = "bf16"
         try:
@@ -172,8 +176,9 @@ class Extractor:
 
 
 def _cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX)."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX); False where torch cannot tell (1.12)."""
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return torch.backends.mkldnn.is_available() and supported is not None and supported()
 
 
 def load(name_or_path: str | Path | None = None, device: str | torch.device | None = None,
@@ -245,7 +250,8 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
     finally:
         source.close()
         for tmp in (tmp_npy, tmp_side):
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):  # Path.unlink(missing_ok=) needs Python 3.8
+                tmp.unlink()
         if not done:
             for folder in new_dirs:  # deepest first
                 with contextlib.suppress(OSError):

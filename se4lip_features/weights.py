@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -72,8 +71,14 @@ def resolve(name_or_path: str | Path | None = None) -> tuple[Path, str]:
 
 
 def _bundled(name: str) -> Path:
-    """Where a released name's file lies inside the installed package."""
-    return Path(str(importlib.resources.files("se4lip_features.pretrained") / f"{name}.safetensors"))
+    """Where a released name's file lies inside the installed package.
+
+    ``se4lip_features.pretrained`` (weights/ in the repository) is a plain folder on disk, so its ``__file__``
+    locates the data on every Python (``importlib.resources.files`` needs 3.9).
+    """
+    from . import pretrained
+
+    return Path(pretrained.__file__).parent / f"{name}.safetensors"
 
 
 def _from_hub(uri: str) -> Path:
@@ -84,15 +89,26 @@ def _from_hub(uri: str) -> Path:
         raise WeightsError(f"{uri}: expected hf://owner/repo/file.safetensors[@revision]")
     from huggingface_hub import constants, hf_hub_download
 
+    cache = _hub_cache()
     try:
-        return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), revision=revision or None))
+        return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), revision=revision or None,
+                                    cache_dir=cache))
     except Exception as err:  # huggingface_hub raises many types: offline, missing, auth
         if constants.HF_HUB_OFFLINE:  # read by huggingface_hub when it is imported
-            raise WeightsError(f"{uri}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE "
+            raise WeightsError(f"{uri}: not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE "
                                "forbids downloading; fetch it once online, or unset HF_HUB_OFFLINE") from err
         reason = " ".join(str(err).split())  # huggingface_hub messages span several lines
         raise WeightsError(f"{uri}: cannot get weights from the Hugging Face hub ({type(err).__name__}: "
                            f"{reason})") from err
+
+
+def _hub_cache() -> str:
+    """The Hugging Face cache folder. huggingface_hub 0.16 (the last release for Python 3.7) reads neither the
+    HF_HUB_CACHE variable nor has ``constants.HF_HUB_CACHE``, only HUGGINGFACE_HUB_CACHE: honour HF_HUB_CACHE there."""
+    from huggingface_hub import constants
+
+    return (getattr(constants, "HF_HUB_CACHE", None) or os.environ.get("HF_HUB_CACHE")
+            or constants.HUGGINGFACE_HUB_CACHE)
 
 
 def save(model: SE4Lip, path: str | Path, *, fp16: bool = True, metadata: dict | None = None) -> str:

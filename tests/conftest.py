@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny randomly initialised SE4Lip saved to a temporary file, and the committed speech clip."""
 
+from __future__ import annotations  # tuple[...] annotations on Python 3.7 and 3.8
+
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,12 @@ import torch
 
 from se4lip_features import audio, extract, weights
 from se4lip_features.model import ModelConfig, SE4Lip
+
+try:
+    import av
+except ImportError:  # not installed with Python 3.7, which PyAV has no wheel for: files are read by soundfile there
+    av = None
+needs_av = pytest.mark.skipif(av is None, reason="needs PyAV, which has no wheel for Python 3.7")
 
 torch.set_num_threads(1)  # the suite must stay fast on 2 shared CPU cores
 # Training modules and PyAV are imported where used: the runtime tests also run where they are not available.

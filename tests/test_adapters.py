@@ -28,7 +28,6 @@ from se4lip_features.model import ModelConfig, SE4Lip
 from se4lip_features.sidecar import sidecar_path
 
 FIXTURES = Path(__file__).parent / "fixtures" / "renderers"
-REPO = Path(__file__).resolve().parent.parent
 N_FRAMES = 30  # 1.2 s at 25 fps; transforms_train lists frames 0-26, transforms_val 27-29
 N_TRAIN = 27
 DIM = 24  # the tiny test weights' embedding size
@@ -240,7 +239,7 @@ def test_command_line_runs_as_a_program(tmp_path):
     root = copy_checkout("talkinggaussian", tmp_path / "tg")
     exe = shutil.which("se4lip-patch")  # the console script, once the package is installed
     cmd = [exe] if exe else [sys.executable, "-m", "se4lip_features.adapters.patch"]
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    env = {"PATH": "/usr/bin:/bin"}  # the package as installed (a PYTHONPATH of the checkout would hide it)
     done = subprocess.run([*cmd, "talkinggaussian", str(root)], capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     done = subprocess.run([*cmd, "talkinggaussian", str(root), "--check"], capture_output=True, text=True, env=env,

@@ -8,7 +8,7 @@ import pytest
 import soundfile
 import soxr
 import torch
-from conftest import GRID, SPEECH, TINY_MODEL, push_all, speech_of
+from conftest import GRID, SPEECH, TINY_MODEL, needs_av, push_all, speech_of
 
 import se4lip_features
 from se4lip_features import StreamingExtractor, audio, extract, frames
@@ -178,6 +178,7 @@ def test_state_is_dropped_between_streams(extractor, speech):
     np.testing.assert_array_equal(push_all(stream, speech[0], [700]), first)
 
 
+@needs_av
 @pytest.mark.parametrize("chunk_s", [0.3, 30.0])
 def test_video_audio_is_read_incrementally_like_load_audio(extractor, tmp_path, monkeypatch, chunk_s):
     video = GRID / "bbaf2n.mp4"  # AAC in mp4, decoded by FFmpeg frame by frame

@@ -187,7 +187,7 @@ def offline_hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # huggingface_hub reads those variables once, when it is imported (as it already is here)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache), raising=False)  # absent in huggingface_hub 0.16
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
 

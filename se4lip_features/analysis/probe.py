@@ -633,6 +633,12 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .cli import tools_env_problem
+
+    problem = tools_env_problem()  # also when run as python -m se4lip_features.probe
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..training.data import PreparedData
