@@ -354,10 +354,8 @@ def eval_main(argv=None) -> int:
     if problem:
         return _fail("se4lip-eval", problem)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["lmd"]:  # the landmark probe keeps its own parser (python -m se4lip_features.analysis.probe)
-        from .analysis import probe
-
-        return probe.main(argv[1:])
+    if argv[:1] == ["lmd"]:  # the landmark probe has its own parser: its options are not sync's
+        return _eval_lmd(lmd_parser().parse_args(argv[1:]))
     args = eval_parser().parse_args(argv)
     _setup_logging()
     return {"sync": _eval_sync}[args.command](args)
@@ -408,4 +406,54 @@ def _eval_sync(args) -> int:
     s = report["summary"]
     print(f"{s['n_clips']} clips: accuracy {s['accuracy']:.3f} (|offset| <= 1), exact {s['exact_accuracy']:.3f}, "
           f"mean offset {s['mean_offset']:+.2f} frames", file=sys.stderr)
+    return 0
+
+
+def lmd_parser() -> argparse.ArgumentParser:
+    from .analysis.probe import ProbeConfig
+
+    p = argparse.ArgumentParser(prog="se4lip-eval lmd", description="Renderer-proxy landmark probe: how well a "
+                                "renderer's audio path predicts mouth landmarks from each feature type.")
+    p.add_argument("data", type=Path, help="prepared dataset folder (se4lip-prepare)")
+    p.add_argument("features", nargs="+",
+                   help="feature types: log-mel, mfcc, stft, SE4Lip .safetensors or se4lip-train ckpt.pt")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder (probe.json, probe.md, probe.png)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, default=ProbeConfig.steps)
+    p.add_argument("--val-clips", type=int, default=60, help="held-out utterances (PreparedData.split)")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--split", type=Path, help="split.json of a training run (its 'val' ids are held out)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    _add_precision_flag(p)
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing probe.json")
+    return p
+
+
+def _eval_lmd(args) -> int:
+    import torch
+
+    from .analysis import probe
+    from .training.data import PreparedData
+
+    prog = "se4lip-eval lmd"
+    if (args.out / "probe.json").exists() and not args.force:
+        return _fail(prog, f"{args.out / 'probe.json'}: exists (use -f to overwrite)")
+    _setup_logging()
+    torch.set_num_threads(args.threads)
+    try:
+        data = PreparedData(args.data)
+        specs = [probe.feature_extractor(s, precision=args.precision) for s in args.features]
+        train, held = probe.split_clips(data, args.val_clips, args.split_seed, args.split)
+    except (OSError, ValueError, RuntimeError) as err:
+        return _fail(prog, err)
+    cfg = probe.ProbeConfig(steps=args.steps)
+    targets = probe.Targets.from_data(data, cfg.ref_eye_px)
+    banks = (probe.FeatureBank.build(label, ex, data, progress=True) for label, ex in specs)
+    result = probe.probe_all(banks, targets, train, held, args.seeds, cfg)
+    result["split"]["rule"] = (f"the 'val' ids of {args.split}" if args.split else
+                               f"PreparedData.split({args.val_clips}, seed={args.split_seed})")
+    result.update(dataset=str(args.data), fps=data.fps)
+    for path in probe.write_outputs(result, args.out):
+        logging.getLogger(__name__).info("wrote %s", path)
+    print(probe.markdown_table(result))
     return 0

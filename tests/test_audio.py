@@ -189,7 +189,7 @@ def test_without_pyav_video_is_refused_in_one_line_and_audio_files_still_load(tm
     with pytest.raises(AudioError, match=r"junk\.wav: not a readable audio file \(Format not recognised\)$"):
         audio.load_audio(tmp_path / "junk.wav")
     soundfile.write(tmp_path / "clip.flac", *speech)
-    np.testing.assert_array_equal(audio.load_audio(tmp_path / "clip.flac")[0], speech[0])
+    np.testing.assert_array_equal(audio.load_audio(tmp_path / "clip.flac"), speech[0])
 
 
 def test_unusable_waveforms_name_the_problem():

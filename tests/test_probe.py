@@ -196,11 +196,14 @@ def test_split_file(grid_dataset, tmp_path):
         probe.split_clips(data, split_file=tmp_path / "bad.json")
 
 
-def test_cli_refuses_to_overwrite(grid_dataset, tmp_path):
+def test_cli_refuses_to_overwrite(grid_dataset, tmp_path, capsys):
+    from se4lip_features.cli import eval_main
+
     (tmp_path / "probe.json").write_text("{}")
-    assert probe.main([str(grid_dataset), "stft", "-o", str(tmp_path), "--val-clips", "2", "--steps", "2"]) == 1
-    assert probe.main([str(grid_dataset), "stft", "-o", str(tmp_path), "--val-clips", "2", "--steps", "2",
-                       "--seeds", "0", "-f"]) == 0
+    assert eval_main(["lmd", str(grid_dataset), "stft", "-o", str(tmp_path), "--val-clips", "2", "--steps", "2"]) == 1
+    assert capsys.readouterr().err == f"se4lip-eval lmd: {tmp_path / 'probe.json'}: exists (use -f to overwrite)\n"
+    assert eval_main(["lmd", str(grid_dataset), "stft", "-o", str(tmp_path), "--val-clips", "2", "--steps", "2",
+                      "--seeds", "0", "-f"]) == 0
     assert "stft" in json.loads((tmp_path / "probe.json").read_text())["features"]
 
 

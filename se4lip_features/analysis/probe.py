@@ -30,12 +30,10 @@ Recipe (the same for every feature type)
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -610,62 +608,3 @@ def feature_extractor(spec: str, device: str = "cpu", precision: str = "fp32"):
     else:
         ex = extract.load(spec, device=device, precision=precision)
     return f"se4lip:{ex.name}" + ("" if precision == "fp32" else f" {precision}"), ex
-
-
-def get_parser() -> argparse.ArgumentParser:
-    from .. import extract
-
-    p = argparse.ArgumentParser(prog="se4lip-eval lmd", description=__doc__.splitlines()[0])
-    p.add_argument("data", type=Path, help="prepared dataset folder (se4lip-prepare)")
-    p.add_argument("features", nargs="+",
-                   help="feature types: log-mel, mfcc, stft, SE4Lip .safetensors or se4lip-train ckpt.pt")
-    p.add_argument("-o", "--out", type=Path, required=True, help="output folder (probe.json, probe.md, probe.png)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, default=ProbeConfig.steps)
-    p.add_argument("--val-clips", type=int, default=60, help="held-out utterances (PreparedData.split)")
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--split", type=Path, help="split.json of a training run (its 'val' ids are held out)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--precision", choices=extract.PRECISIONS, default="fp32",
-                   help="SE4Lip extraction precision (bf16: the CPU fast path) (default: %(default)s)")
-    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing probe.json")
-    return p
-
-
-def main(argv=None) -> int:
-    from .cli import tools_env_problem
-
-    problem = tools_env_problem()  # also when run as python -m se4lip_features.probe
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 1
-    args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from ..training.data import PreparedData
-
-    if (args.out / "probe.json").exists() and not args.force:
-        print(f"error: {args.out / 'probe.json'} exists (use -f to overwrite)", file=sys.stderr)
-        return 1
-    torch.set_num_threads(args.threads)
-    try:
-        data = PreparedData(args.data)
-        specs = [feature_extractor(s, precision=args.precision) for s in args.features]
-        train, held = split_clips(data, args.val_clips, args.split_seed, args.split)
-    except (OSError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    cfg = ProbeConfig(steps=args.steps)
-    targets = Targets.from_data(data, cfg.ref_eye_px)
-    banks = (FeatureBank.build(label, ex, data, progress=True) for label, ex in specs)
-    result = probe_all(banks, targets, train, held, args.seeds, cfg)
-    result["split"]["rule"] = (f"the 'val' ids of {args.split}" if args.split else
-                               f"PreparedData.split({args.val_clips}, seed={args.split_seed})")
-    result.update(dataset=str(args.data), fps=data.fps)
-    for path in write_outputs(result, args.out):
-        log.info("wrote %s", path)
-    print(markdown_table(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
