@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,8 +36,9 @@ class CheckpointError(ValueError):
 def use_console_logging() -> None:
     """Show this package's INFO messages on stderr when the renderer script has not configured logging.
 
-    Called from the renderers' argument parsing (our entry point in their scripts), so a message such as
-    "extracting aud_se4lip.npy" is seen rather than dropped by Python's last-resort handler.
+    Called by the entry points the inserted lines reach first in an se4lip run (``self_meta``,
+    ``load_features``), so a message such as "extracting aud_se4lip.npy" is seen rather than dropped by
+    Python's last-resort handler.
     """
     pkg = logging.getLogger("se4lip_features")
     if logging.getLogger().handlers or pkg.handlers:
@@ -107,6 +109,7 @@ def self_meta(root: str | Path) -> dict:
     """The sidecar of the self-driven features, which fixes the avatar's feature type (extracting if needed)."""
     from se4lip_features.extract import read_sidecar
 
+    use_console_logging()
     npy = self_features(root)
     meta = read_sidecar(npy)
     check_meta(meta, npy)
@@ -202,6 +205,7 @@ def load_features(root: str | Path, aud: str | Path | None, id_key: str) -> np.n
     """
     from se4lip_features.audio import AUDIO_SUFFIXES
 
+    use_console_logging()
     root = Path(root)
     npy = self_features(root)
     feats, meta = read_features(npy)
@@ -281,3 +285,71 @@ def guard_audio_net(audio_net, reference: dict | None, flag: str, features: str 
 
     # the private form: torch 1.12, which both renderers pin, has no public register_load_state_dict_pre_hook
     audio_net._register_load_state_dict_pre_hook(check)
+
+
+def test_audio(aud: str | Path | None) -> Path | None:
+    """The audio file of a cross-driven render, if known: ``aud`` itself, or the source of a ``.npy``."""
+    if not aud:
+        return None  # self-driven renders show the held-out frames: aud.wav would not line up
+    aud = Path(aud)
+    if aud.suffix.lower() != ".npy":
+        return aud
+    from se4lip_features.extract import read_sidecar
+    from se4lip_features.weights import sha256_file
+
+    meta = read_sidecar(aud)
+    source = aud.parent / meta.get("audio", "")
+    if meta.get("audio") and source.is_file() and sha256_file(source) == meta.get("audio_sha256"):
+        return source
+    return None
+
+
+def mux_audio(aud: str | Path | None, video: str | Path) -> Path | None:
+    """Write ``<video stem>_audio.mp4``: the rendered (silent) video with the test audio.
+
+    Returns the new file, or None when the audio is not known (self-driven, or a ``.npy`` whose source
+    audio is not beside it).
+    """
+    video = Path(video)
+    source = test_audio(aud)
+    if source is None:
+        log.info("no audio to add to %s; add it with `ffmpeg -i %s -i AUDIO -c:v copy -shortest OUT.mp4`",
+                 video, video)
+        return None
+    out = video.with_name(video.stem + "_audio.mp4")
+    cmd = ["ffmpeg", "-y", "-loglevel", "error", "-i", str(video), "-i", str(source), "-map", "0:v:0",
+           "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-shortest", str(out)]
+    try:
+        subprocess.run(cmd, check=True)
+    except FileNotFoundError as err:
+        raise RuntimeError(f"ffmpeg not found; the silent video is {video}; add the audio with: "
+                           f"{' '.join(cmd)}") from err
+    log.info("wrote %s", out)
+    return out
+
+
+def names_flag(argv: list[str], flags: tuple[str, ...]) -> bool:
+    """Whether a command line sets one of ``flags``, in any form argparse accepts (``--x=v``, abbreviated)."""
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if name.startswith("--audio_") and any(flag.startswith(name) for flag in flags):
+            return True
+    return False
+
+
+def keep_saved_feature(merged: dict, saved: dict, argv: list[str], key: str, flags: tuple[str, ...]) -> None:
+    """Let the feature type saved in ``cfg_args`` win over the parser's default (in place).
+
+    Parameters
+    ----------
+    merged : the arguments ``get_combined_args`` is about to return (cfg_args overridden by the command line)
+    saved : the arguments read from ``<model_path>/cfg_args`` (empty when there is none)
+    argv : the command line, without the program name
+    key : the feature option's attribute (``audio_extractor``)
+    flags : the options that set it (the renderer's own and ``--audio_feature``)
+    """
+    if key not in saved or names_flag(argv, flags):
+        return
+    if merged.get(key) != saved[key]:
+        log.info("audio features: %s, as saved in %s/cfg_args", saved[key], merged.get("model_path"))
+        merged[key] = saved[key]

@@ -11,6 +11,7 @@ from se4lip_features import extract, weights
 from se4lip_features.model import ModelConfig, SE4Lip
 from se4lip_features.training import data, lips
 
+pytest.register_assert_rewrite("adapter_helpers")  # the adapter tests' shared fixtures (a pytest plugin)
 torch.set_num_threads(1)  # the suite must stay fast on 2 shared CPU cores
 
 DATA = Path(__file__).parent / "data"
