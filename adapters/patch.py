@@ -12,13 +12,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from se4lip_features.adapters import synctalk, talkinggaussian
+from se4lip_features.adapters import ernerf, gaussiantalker, instag, radnerf, synctalk, talkinggaussian
 from se4lip_features.adapters.engine import PatchError, Renderer, checkout_commit, diff, plan, status, write
 
 SYNCTALK = synctalk.RENDERER
 TALKINGGAUSSIAN = talkinggaussian.RENDERER
 RENDERERS = {module.__name__.rsplit(".", 1)[1]: module.RENDERER
-             for module in (synctalk, talkinggaussian)}
+             for module in (synctalk, talkinggaussian, ernerf, radnerf, gaussiantalker, instag)}
 
 
 # -- command line --------------------------------------------------------------------------------------
@@ -27,7 +27,7 @@ def get_parser() -> argparse.ArgumentParser:
     verified = "; ".join(f"{name}: {r.repo}@{r.commit[:7]}" for name, r in RENDERERS.items())
     parser = argparse.ArgumentParser(
         prog="se4lip-patch",
-        description="Patch a SyncTalk or TalkingGaussian checkout so "
+        description="Patch a SyncTalk, TalkingGaussian, ER-NeRF, RAD-NeRF, GaussianTalker or InsTaG checkout so "
                     "that --audio_feature se4lip selects SE4Lip features. The inserted lines end in "
                     "'# se4lip-patch' and call se4lip_features.adapters only when se4lip is the chosen feature.",
         epilog=f"Verified against {verified}. Exit status: 0 on success (for --check: patched), 1 otherwise.",
