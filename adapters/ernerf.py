@@ -10,13 +10,7 @@ from __future__ import annotations
 from se4lip_features.adapters import common, engine, nerf
 
 FEATURES = ("deepspeech", "esperanto", "hubert", common.FEATURE)
-ID_KEY = nerf.ID_KEY
-
-_runtime = nerf.Runtime("ER-NeRF")
-feature_dim = _runtime.feature_dim
-load_features = _runtime.load_features
-guard_checkpoints = _runtime.guard_checkpoints
-mux_audio = _runtime.mux_audio
+feature_dim, load_features, guard_checkpoints, mux_audio = nerf.bind("ER-NeRF")
 
 RENDERER = engine.Renderer("Fictionarry/ER-NeRF", "0cf72d8fb598d321de86b445bcd363cc2f6346a5", nerf.edits(
     "nerf_triplane", "ernerf", FEATURES, "deepspeech",

@@ -93,6 +93,12 @@ class Runtime:
         return common.mux_audio(opt.aud, video)
 
 
+def bind(renderer: str):
+    """``(feature_dim, load_features, guard_checkpoints, mux_audio)`` for a renderer module to expose."""
+    runtime = Runtime(renderer)
+    return runtime.feature_dim, runtime.load_features, runtime.guard_checkpoints, runtime.mux_audio
+
+
 def edits(pkg: str, module: str, features: tuple[str, ...], asr_default: str,
           dim_anchor: list[str]) -> tuple[engine.Edit, ...]:
     """The patch table of an ER-NeRF-like checkout (package ``pkg``: ``nerf_triplane`` or ``nerf``).

@@ -12,13 +12,7 @@ from se4lip_features.adapters import common, engine, nerf
 from se4lip_features.adapters.engine import Edit, branch, or_else
 
 FEATURES = ("deepspeech", "esperanto", common.FEATURE)
-ID_KEY = nerf.ID_KEY
-
-_runtime = nerf.Runtime("RAD-NeRF")
-feature_dim = _runtime.feature_dim
-load_features = _runtime.load_features
-guard_checkpoints = _runtime.guard_checkpoints
-mux_audio = _runtime.mux_audio
+feature_dim, load_features, guard_checkpoints, mux_audio = nerf.bind("RAD-NeRF")
 
 _ASR = "cpierse/wav2vec2-large-xlsr-53-esperanto"
 _MAIN = nerf.edits("nerf", "radnerf", FEATURES, _ASR,

@@ -13,13 +13,7 @@ from se4lip_features.adapters.engine import branch, insert_after, insert_at, ins
 
 # --audio_feature accepts SyncTalk's own feature names too, so one flag serves every run.
 FEATURES = ("ave", "deepspeech", "esperanto", "hubert", common.FEATURE)
-ID_KEY = nerf.ID_KEY
-
-_runtime = nerf.Runtime("SyncTalk")
-feature_dim = _runtime.feature_dim
-load_features = _runtime.load_features
-guard_checkpoints = _runtime.guard_checkpoints
-mux_audio = _runtime.mux_audio
+feature_dim, load_features, guard_checkpoints, mux_audio = nerf.bind("SyncTalk")
 
 _IMPORT = "from se4lip_features.adapters import synctalk as se4lip_synctalk"
 _SE4LIP = "self.opt.asr_model == 'se4lip'"
@@ -44,19 +38,14 @@ RENDERER = engine.Renderer("ZiqiaoPeng/SyncTalk", "d2427a3d7301234ca417ef7660aaf
          "            self.audio_net = AudioNet(self.audio_in_dim, self.audio_dim)"],
         branch("        ", f"if {_SE4LIP}:", _IMPORT, "se4lip_synctalk.guard_checkpoints(self.audio_net, self.opt)"),
         scope="class NeRFNetwork(NeRFRenderer):"),
-    insert_before(
-        "nerf_triplane/provider.py", "the self-driven fallback to aud.npy in NeRFDataset.__init__",
-        ["                else:",
-         "                    aud_features = np.load(os.path.join(self.root_path, 'aud.npy'))"],
-        branch("                ", f"elif {_SE4LIP}:", _IMPORT, _LOAD),
-        scope="class NeRFDataset:"),
-    insert_before(
-        "nerf_triplane/provider.py", "the cross-driven np.load(self.opt.aud) in NeRFDataset.__init__",
-        ["                else:",
-         "                    try:",
-         "                        aud_features = np.load(self.opt.aud)"],
-        branch("                ", f"elif {_SE4LIP}:", _IMPORT, _LOAD),
-        scope="class NeRFDataset:"),
+    *(insert_before("nerf_triplane/provider.py", what, anchor, branch("                ", f"elif {_SE4LIP}:", _IMPORT,
+                                                                       _LOAD), scope="class NeRFDataset:")
+      for what, anchor in (
+          ("the self-driven fallback to aud.npy in NeRFDataset.__init__",
+           ["                else:", "                    aud_features = np.load(os.path.join(self.root_path, 'aud.npy'))"]),
+          ("the cross-driven np.load(self.opt.aud) in NeRFDataset.__init__",
+           ["                else:", "                    try:", "                        aud_features = np.load(self.opt.aud)"]),
+      )),
     insert_before(
         "nerf_triplane/utils.py", "the end of Trainer.test",
         ['        self.log(f"==> Finished Test.")'],
