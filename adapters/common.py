@@ -242,26 +242,26 @@ def describe(state: dict) -> str:
     return "features of an unknown type"
 
 
-def guard_audio_net(audio_net, reference: dict | None, flag: str, features: str | Path | None = None) -> None:
-    """Make ``audio_net`` refuse, with a clear message, state dicts trained on another feature type.
+def guard_audio_net(audio_net, reference: dict, flag: str, features: str | Path) -> None:
+    """Make an SE4Lip-fed ``audio_net`` refuse, with a clear message, state dicts trained on other features.
 
     The check runs whenever a parent module's ``load_state_dict`` reaches this AudioNet, whichever script
     calls it, before torch would report a size mismatch (which it does even with ``strict=False``).
-    SE4Lip-fed networks carry a buffer with the SHA-256 of the weights that made their features, so a
-    checkpoint is also refused when the data directory's features come from other weights.
+    The network gets a buffer with the SHA-256 of the weights that made its features, so a checkpoint is
+    also refused when the data directory's features come from other weights. Only se4lip runs install it:
+    a run on the renderer's own features never imports this package, and torch reports a mismatch itself.
 
     Parameters
     ----------
     audio_net : torch.nn.Module, the renderer's AudioNet (or SyncTalk's AudioNet_ave)
-    reference : the sidecar of the avatar's SE4Lip features, or None when it uses the renderer's own
-    flag : the renderer's feature option, for the message ("--asr_model" or "--audio_extractor")
+    reference : the sidecar of the avatar's SE4Lip features
+    flag : the renderer's feature option, for the message ("--asr_model", "--audio_extractor", ...)
     features : the SE4Lip feature file ``reference`` describes, for the message
     """
     import torch
 
-    if reference is not None:
-        sha = bytes.fromhex(reference["weights_sha256"])
-        audio_net.register_buffer(TAG, torch.tensor(list(sha), dtype=torch.uint8))
+    sha = bytes.fromhex(reference["weights_sha256"])
+    audio_net.register_buffer(TAG, torch.tensor(list(sha), dtype=torch.uint8))
 
     def check(state_dict, prefix, *_):
         incoming = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -269,15 +269,13 @@ def guard_audio_net(audio_net, reference: dict | None, flag: str, features: str 
             return
         own = audio_net.state_dict()
         same = incoming.keys() == own.keys() and all(incoming[k].shape == own[k].shape for k in own)
-        if same and TAG in own:
+        if same:
             same = torch.equal(incoming[TAG].cpu(), own[TAG].cpu())
         if same:
             return
-        if TAG in incoming and TAG in own:
+        if TAG in incoming:
             hint = (f"{features} comes from other weights than the features this model was trained on; "
                     "re-extract it with the training weights (se4lip-extract --weights ... --force)")
-        elif TAG in incoming:
-            hint = f"it was trained with SE4Lip features: pass --audio_feature {FEATURE}"
         else:
             hint = f"pass the {flag} value it was trained with"
         raise CheckpointError(f"this checkpoint's audio network was trained on {describe(incoming)}, but this "
@@ -287,7 +285,7 @@ def guard_audio_net(audio_net, reference: dict | None, flag: str, features: str 
     audio_net._register_load_state_dict_pre_hook(check)
 
 
-def test_audio(aud: str | Path | None) -> Path | None:
+def source_audio(aud: str | Path | None) -> Path | None:
     """The audio file of a cross-driven render, if known: ``aud`` itself, or the source of a ``.npy``."""
     if not aud:
         return None  # self-driven renders show the held-out frames: aud.wav would not line up
@@ -311,7 +309,7 @@ def mux_audio(aud: str | Path | None, video: str | Path) -> Path | None:
     audio is not beside it).
     """
     video = Path(video)
-    source = test_audio(aud)
+    source = source_audio(aud)
     if source is None:
         log.info("no audio to add to %s; add it with `ffmpeg -i %s -i AUDIO -c:v copy -shortest OUT.mp4`",
                  video, video)

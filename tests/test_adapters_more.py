@@ -107,7 +107,7 @@ ENCODED = {"ernerf": (1, 32), "radnerf": (1, 64), "gaussiantalker": (4, 1, 32), 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("renderer", NEW)
-def test_audio_network_receives_se4lip_windows(checkout, data, weights_512, renderer, layout, caplog):
+def test_audio_network_receives_se4lip_windows(checkout, data, weights_512, renderer, layout):
     checkout(renderer, EOL.get(renderer, "\n"))
     extract_file(data / "aud.wav", data / "aud_se4lip.npy", layout=layout)
     window, encoded = RUN[renderer](data, "se4lip")
