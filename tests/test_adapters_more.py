@@ -1,6 +1,6 @@
 """ER-NeRF, RAD-NeRF, GaussianTalker and InsTaG patched by se4lip-patch and run on the CPU with torch.
 
-For each: the tensor its audio network receives with SE4Lip features in every layout (512-dim, as the
+For each (and, through the same checks, SyncTalk and TalkingGaussian): the tensor its audio network receives with SE4Lip features in every layout (512-dim, as the
 released weights) and with its own features; test audio as .wav and .npy; the frame-count and checkpoint
 checks; refusal of checkouts it does not recognise; and its own features still running where
 se4lip_features cannot be imported. The byte-exact patch/check/revert cycle of every renderer, ER-NeRF in
@@ -94,19 +94,40 @@ def instag_window(data, feature):
     return window, encoded[0]
 
 
+def synctalk_window(data, feature):
+    network = importlib.import_module("nerf_triplane.network")
+    provider = importlib.import_module("nerf_triplane.provider")
+    opt = nerf_opt(data, feature)
+    window = provider.NeRFDataset(opt, "cpu", "train").window(5)
+    return window, network.NeRFNetwork(opt).encode_audio(window)
+
+
+def talkinggaussian_window(data, feature):
+    motion_net = importlib.import_module("scene.motion_net")
+    readers = importlib.import_module("scene.dataset_readers")
+    args = ns(source_path=str(data), audio="", audio_extractor=feature)
+    window = readers.readCamerasFromTransforms(str(data), "transforms_train.json", False, ".jpg", "", feature)[5]["auds"]
+    encoded = [cls(args=args).encode_audio(window) for cls in (motion_net.MotionNetwork, motion_net.MouthMotionNetwork)]
+    return window, encoded[1]
+
+
 RUN = {  # renderer -> (window, encoding) for a feature name ("native": the renderer's own DeepSpeech)
     "ernerf": lambda data, f: nerf_window("nerf_triplane")(data, "deepspeech" if f == "native" else f),
     "radnerf": lambda data, f: nerf_window("nerf")(data, "deepspeech" if f == "native" else f),
     "gaussiantalker": lambda data, f: gaussiantalker_window(data, f)[:2],
     "instag": lambda data, f: instag_window(data, "deepspeech" if f == "native" else f),
+    "synctalk": lambda data, f: synctalk_window(data, "deepspeech" if f == "native" else f),
+    "talkinggaussian": lambda data, f: talkinggaussian_window(data, "deepspeech" if f == "native" else f),
 }
-ENCODED = {"ernerf": (1, 32), "radnerf": (1, 64), "gaussiantalker": (4, 1, 32), "instag": (1, 32)}
+ENCODED = {"ernerf": (1, 32), "radnerf": (1, 64), "gaussiantalker": (4, 1, 32), "instag": (1, 32),
+           "synctalk": (8, 32), "talkinggaussian": (8, 32)}
+ALL = tuple(RUN)  # the four new renderers, and SyncTalk and TalkingGaussian through the same checks
 
 
 # -- what every renderer guarantees --------------------------------------------------------------------
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-@pytest.mark.parametrize("renderer", NEW)
+@pytest.mark.parametrize("renderer", ALL)
 def test_audio_network_receives_se4lip_windows(checkout, data, weights_512, renderer, layout):
     checkout(renderer, EOL.get(renderer, "\n"))
     extract_file(data / "aud.wav", data / "aud_se4lip.npy", layout=layout)
@@ -117,7 +138,7 @@ def test_audio_network_receives_se4lip_windows(checkout, data, weights_512, rend
     torch.testing.assert_close(window[0], torch.from_numpy(feats[1]).T)
 
 
-@pytest.mark.parametrize("renderer", NEW)
+@pytest.mark.parametrize("renderer", ALL)
 def test_own_features_still_work_in_a_patched_checkout(checkout, data, renderer):
     checkout(renderer, EOL.get(renderer, "\n"))
     native_features(data)
@@ -126,7 +147,7 @@ def test_own_features_still_work_in_a_patched_checkout(checkout, data, renderer)
     assert not (data / "aud_se4lip.npy").exists()
 
 
-@pytest.mark.parametrize("renderer", NEW)
+@pytest.mark.parametrize("renderer", ALL)
 def test_own_features_run_without_the_package(checkout, data, renderer, without_package):
     checkout(renderer, EOL.get(renderer, "\n"))
     native_features(data)
@@ -136,9 +157,9 @@ def test_own_features_run_without_the_package(checkout, data, renderer, without_
         RUN[renderer](data, "se4lip")
 
 
-@pytest.mark.parametrize("renderer", NEW)
+@pytest.mark.parametrize("renderer", ALL)
 def test_unrecognised_checkouts_are_refused(tmp_path, renderer, capsys):
-    other = "synctalk" if renderer != "ernerf" else "talkinggaussian"
+    other = "instag" if renderer in ("synctalk", "ernerf", "radnerf") else "ernerf"
     root = copy_checkout(other, tmp_path / other)
     original = snapshot(root)
     assert patch.main([renderer, str(root)]) == 1
