@@ -272,7 +272,11 @@ def plan(renderer: Renderer, root: Path, revert: bool = False) -> list[FileChang
 
 
 def write(changes: list[FileChange]) -> None:
-    """Write every change through a temporary file beside it, replacing the originals only at the end."""
+    """Write every change through a temporary file beside it, replacing the originals only at the end.
+
+    If a replacement fails, the files already replaced get their old bytes back before the error is
+    raised, so a checkout is never left half patched (or half reverted).
+    """
     staged = []
     try:
         for change in changes:
@@ -281,8 +285,15 @@ def write(changes: list[FileChange]) -> None:
                 f.write(change.new)
             shutil.copymode(change.path, tmp)
             staged.append((tmp, change.path))
-        for tmp, path in staged:
-            os.replace(tmp, path)
+        done = []
+        try:
+            for (tmp, path), change in zip(staged, changes):
+                os.replace(tmp, path)
+                done.append(change)
+        except OSError:
+            for change in done:
+                change.path.write_bytes(change.old)
+            raise
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):

@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         write(changes)
-    except OSError as err:
-        print(f"se4lip-patch: error: {err}", file=sys.stderr)
+    except OSError as err:  # write() has put back the files it had already replaced
+        print(f"se4lip-patch: error: {err}\nNothing was changed.", file=sys.stderr)
         return 1
     done = "reverted" if args.revert else "patched"
     if not changes:

@@ -179,6 +179,24 @@ def test_unrecognised_checkouts_are_refused(tmp_path, renderer, capsys):
     assert snapshot(root) == original
 
 
+def test_a_failed_write_leaves_nothing_half_patched(tmp_path, monkeypatch, capsys):
+    root = copy_checkout("instag", tmp_path / "instag")
+    original = snapshot(root)
+    replace, calls = engine.os.replace, []
+
+    def flaky(src, dst):  # the third file cannot be replaced (a full disk, a read-only file, ...)
+        calls.append(dst)
+        if len(calls) == 3:
+            raise PermissionError(13, "Permission denied", str(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(engine.os, "replace", flaky)
+    assert patch.main(["instag", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "Permission denied" in err and "Nothing was changed" in err
+    assert snapshot(root) == original  # the two files already replaced were restored, no temporary left
+
+
 def test_inserted_code_imports_the_package_only_in_se4lip_branches():
     """Every inserted import sits under an inserted ``if``/``elif`` that tests for the se4lip feature."""
     for name, renderer in patch.RENDERERS.items():
