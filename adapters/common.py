@@ -91,7 +91,7 @@ def read_features(npy: str | Path) -> tuple[np.ndarray, dict]:
     feats : np.ndarray float32 (n_frames, window, dim), as ``se4lip-extract`` wrote it
     meta : the sidecar dict (``dim``, ``layout``, ``window``, ``fps``, ``n_frames``, ``weights``, ...)
     """
-    from se4lip_features.extract import read_sidecar
+    from se4lip_features.sidecar import read_sidecar
 
     meta = read_sidecar(npy)
     check_meta(meta, npy)
@@ -107,7 +107,7 @@ def read_features(npy: str | Path) -> tuple[np.ndarray, dict]:
 
 def self_meta(root: str | Path) -> dict:
     """The sidecar of the self-driven features, which fixes the avatar's feature type (extracting if needed)."""
-    from se4lip_features.extract import read_sidecar
+    from se4lip_features.sidecar import read_sidecar
 
     use_console_logging()
     npy = self_features(root)
@@ -184,8 +184,8 @@ def extract_like(audio_path: str | Path, reference: dict) -> np.ndarray:
         )
     log.info("extracting SE4Lip features from %s (weights %s, layout %s)", audio_path, extractor.name,
              reference["layout"])
-    wav, sr = audio.load_audio(audio_path)
-    return extractor.extract(wav, sr, fps=RENDER_FPS, layout=reference["layout"], name=str(audio_path))
+    return extractor.extract(audio.load_audio(audio_path), audio.SAMPLE_RATE, fps=RENDER_FPS,
+                             layout=reference["layout"], name=str(audio_path))
 
 
 def load_features(root: str | Path, aud: str | Path | None, id_key: str) -> np.ndarray:
@@ -292,7 +292,7 @@ def source_audio(aud: str | Path | None) -> Path | None:
     aud = Path(aud)
     if aud.suffix.lower() != ".npy":
         return aud
-    from se4lip_features.extract import read_sidecar
+    from se4lip_features.sidecar import read_sidecar
     from se4lip_features.weights import sha256_file
 
     meta = read_sidecar(aud)

@@ -35,8 +35,7 @@ enc = se4lip_features.load(args["weights"], device="cpu", precision=args["precis
 floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 if args["in_memory"]:
-    wav, sr = audio.load_audio(args["audio"])
-    n_frames = len(enc.extract(wav, sr, layout=args["layout"]))
+    n_frames = len(enc.extract(audio.load_audio(args["audio"]), audio.SAMPLE_RATE, layout=args["layout"]))
 else:
     n_frames = extract.extract_file(args["audio"], args["npy"], extractor=enc, layout=args["layout"],
                                     force=True, progress=args["progress"])["n_frames"]

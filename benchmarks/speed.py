@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 import se4lip_features
-from se4lip_features import audio, extract
+from se4lip_features import audio, extract, frames
 from se4lip_features.analysis.baselines import MEL_HOP, MEL_N_FFT  # Wav2Lip's hparams
 from se4lip_features.model import SE4Lip
 
@@ -63,7 +63,7 @@ def speech(folder: Path, seconds: float) -> np.ndarray:
     """Utterances of ``folder`` (sorted) concatenated, as 16 kHz float32, cut to ``seconds``."""
     parts, total = [], 0
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in audio.AUDIO_SUFFIXES | audio.VIDEO_SUFFIXES):
-        wav = audio.prepare_waveform(*audio.load_audio(path), name=str(path))
+        wav = audio.load_audio(path)
         parts.append(wav)
         total += len(wav)
         if total >= seconds * audio.SAMPLE_RATE:
@@ -213,7 +213,7 @@ def stream_per_frame(extractor, wav: np.ndarray, layout: str) -> dict:
 def fidelity(exact: extract.Extractor, fast: extract.Extractor, wav: np.ndarray) -> dict:
     """How far the bf16 path and streaming are from the plain fp32 features of the same audio."""
     out = {}
-    for layout in extract.LAYOUTS:
+    for layout in frames.LAYOUTS:
         a = exact.extract(wav, audio.SAMPLE_RATE, FPS, layout)
         b = fast.extract(wav, audio.SAMPLE_RATE, FPS, layout)
         cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
@@ -264,11 +264,11 @@ def main(argv=None) -> int:
     for weights in args.weights:
         for precision in extract.PRECISIONS:
             enc = se4lip(weights, precision)
-            for layout in extract.LAYOUTS:
+            for layout in frames.LAYOUTS:
                 jobs[f"se4lip {enc.name} {layout} {precision}"] = (
                     lambda enc=enc, layout=layout: enc.extract(wav, audio.SAMPLE_RATE, FPS, layout))
     if "ave" not in args.skip:
-        ave = AveStyleExtractor(batch_size=extract.DEFAULT_BATCH)
+        ave = AveStyleExtractor(batch_size=frames.DEFAULT_BATCH)
         jobs["ave-style fp32"] = lambda: ave(wav)
         jobs["ave-style bf16 autocast"] = lambda: ave(wav, bf16=True)
     if "hubert" not in args.skip:
@@ -288,7 +288,7 @@ def main(argv=None) -> int:
         for weights in args.weights:
             for precision in extract.PRECISIONS:
                 enc = se4lip(weights, precision)
-                for layout in extract.LAYOUTS:
+                for layout in frames.LAYOUTS:
                     stream[f"{enc.name} {layout} {precision}"] = r = stream_per_frame(enc, piece, layout)
                     print(f"stream {enc.name} {layout:6s} {precision}: {r['ms_per_frame_mean']:.2f} ms per 40 ms "
                           f"frame (p50 {r['ms_per_frame_p50']:.2f}, p95 {r['ms_per_frame_p95']:.2f}; 1 thread), "

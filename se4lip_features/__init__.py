@@ -1,9 +1,12 @@
 """SE4Lip speech-lip encoder features for talking-head renderers."""
 
-__version__ = "0.2.0"  # before the imports: extract.py records it in every sidecar
+__version__ = "0.2.0"  # before the imports: sidecar.py records it in every sidecar
 
-from .extract import Extractor, load
+from .audio import AudioError, load_audio
+from .extract import Extractor, extract_file, load
+from .sidecar import read_features, read_sidecar
 from .stream import StreamingExtractor
 from .weights import available_models
 
-__all__ = ["Extractor", "StreamingExtractor", "__version__", "available_models", "load"]
+__all__ = ["AudioError", "Extractor", "StreamingExtractor", "__version__", "available_models", "extract_file",
+           "load", "load_audio", "read_features", "read_sidecar"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ HOP_LENGTH = 128  # 8 ms at 16 kHz: 125 STFT frames per second
 N_FREQ = N_FFT // 2 + 1  # 257 linear-frequency bins, 0-8 kHz
 LOG_EPS = 1e-5  # floor of the magnitude before the log
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 96000  # input rates we accept
+BLOCK_SECONDS = 30.0  # audio per block when files are read and long extractions run: memory is bounded by it
 # Wav2Lip / SyncTalk-AVE's mel bands: the log-mel baseline and the ablation's mel front end
 MEL_BANDS = 80
 MEL_FMIN, MEL_FMAX = 55.0, 7600.0  # Hz
@@ -32,63 +34,154 @@ class AudioError(ValueError):
     """Input audio that cannot be used; the message names the file and the problem."""
 
 
-def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read an audio file, or the audio track of a video, as mono float32 at its native rate.
+def load_audio(path: str | Path) -> np.ndarray:
+    """An audio file, or the audio track of a video, as checked 16 kHz mono float32 (n_samples,).
 
-    Returns
-    -------
-    wav : np.ndarray, float32, shape (n_samples,)
-    sr : int
+    The concatenated blocks of :class:`AudioFile`: reading a file whole or block by block gives the same
+    samples and the same errors.
     """
-    path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a directory, not an audio file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: file is empty")
-    if path.suffix.lower() in _FFMPEG_FIRST:
-        wav, sr = _load_with_av(path)
-    else:
-        wav, sr = _load_with_soundfile(path)
-    return wav, sr
+    with AudioFile(path) as source:
+        return np.concatenate(list(source))
 
 
-def _load_with_soundfile(path: Path) -> tuple[np.ndarray, int]:
-    import soundfile
+class AudioFile:
+    """A file's audio as consecutive checked blocks of 16 kHz mono float32, read and resampled incrementally.
 
-    try:
-        data, sr = soundfile.read(str(path), dtype="float32", always_2d=True)  # (n_samples, channels)
-    except (soundfile.SoundFileError, RuntimeError) as err:  # libsndfile cannot read it; FFmpeg may
+    Problems with the file (missing, empty, unreadable, no audio stream, rate outside 8-96 kHz) raise
+    :class:`AudioError` when it is opened; problems with its samples (NaN, none at all) while it is read.
+    soxr's streaming resampler gives the bytes of its one-shot one (:func:`prepare_waveform`).
+
+    Attributes
+    ----------
+    sr : the file's own sample rate
+    duration_s : its duration as the container states it (None when unknown)
+    n_samples : 16 kHz samples read so far
+    """
+
+    def __init__(self, path: str | Path, block_s: float | None = None):
+        self.path = path = Path(path)
+        if not path.exists():
+            raise AudioError(f"{path}: no such file")
+        if path.is_dir():
+            raise AudioError(f"{path}: is a directory, not an audio file")
+        if path.stat().st_size == 0:
+            raise AudioError(f"{path}: file is empty")
+        if path.suffix.lower() in _FFMPEG_FIRST:
+            self._open_av()
+        else:
+            self._open_soundfile()
+        if not MIN_SAMPLE_RATE <= self.sr <= MAX_SAMPLE_RATE:
+            self.close()
+            raise AudioError(f"{path}: sample rate {self.sr} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+        self.block = max(1, round((block_s or BLOCK_SECONDS) * self.sr))  # native samples per block
+        self.n_samples = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _open_soundfile(self) -> None:
+        import soundfile
+
         try:
-            return _load_with_av(path)
-        except AudioError:
-            reason = getattr(err, "error_string", None) or str(err)  # libsndfile's reason without the path
-            raise AudioError(f"{path}: not a readable audio file ({reason.rstrip('.')})") from err
-    return data.mean(axis=1).astype(np.float32), int(sr)
+            self.file = soundfile.SoundFile(str(self.path))
+        except (soundfile.SoundFileError, RuntimeError) as err:  # libsndfile cannot read it; FFmpeg may
+            try:
+                return self._open_av()
+            except AudioError:
+                raise AudioError(f"{self.path}: not a readable audio file ({_sndfile_reason(err)})") from err
+        self.kind, self.sr = "soundfile", int(self.file.samplerate)
+        self.duration_s = self.file.frames / self.sr if self.file.frames > 0 else None
+        self.empty_message = "holds no samples"
 
+    def _open_av(self) -> None:
+        import av
 
-def _load_with_av(path: Path) -> tuple[np.ndarray, int]:
-    import av
+        try:
+            self.file = av.open(str(self.path))
+        except av.error.FFmpegError as err:
+            raise AudioError(f"{self.path}: cannot decode audio ({_ffmpeg_reason(err)})") from err
+        if not self.file.streams.audio:
+            self.file.close()
+            raise AudioError(f"{self.path}: has no audio stream")
+        stream = self.file.streams.audio[0]
+        self.kind, self.sr = "av", int(stream.rate)
+        self.duration_s = (float(stream.duration * stream.time_base) if stream.duration
+                           else self.file.duration / 1e6 if self.file.duration else None)
+        self.empty_message = "audio stream holds no samples"
 
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise AudioError(f"{path}: has no audio stream")
-            stream = container.streams.audio[0]
-            chunks = []
-            for frame in container.decode(stream):
+    def close(self) -> None:
+        self.file.close()
+
+    def _native_blocks(self) -> Iterator[np.ndarray]:
+        """Mono float32 blocks of about ``self.block`` samples at the file's own rate."""
+        if self.kind == "soundfile":
+            import soundfile
+
+            try:
+                while True:
+                    data = self.file.read(self.block, dtype="float32", always_2d=True)  # (n, channels)
+                    if not len(data):
+                        return
+                    yield data.mean(axis=1).astype(np.float32)
+            except (soundfile.SoundFileError, RuntimeError) as err:
+                raise AudioError(f"{self.path}: not a readable audio file ({_sndfile_reason(err)})") from err
+        import av
+
+        parts, held = [], 0
+        try:
+            for frame in self.file.decode(self.file.streams.audio[0]):
                 pcm = frame.to_ndarray()  # planar (channels, n) or packed (1, n * channels)
                 if not frame.format.is_planar:
                     pcm = pcm.reshape(-1, len(frame.layout.channels)).T
-                chunks.append(_to_float(pcm).mean(axis=0))
-            sr = int(stream.rate)
-    except av.error.FFmpegError as err:
-        reason = getattr(err, "strerror", None) or str(err)  # FFmpeg's reason without the path
-        raise AudioError(f"{path}: cannot decode audio ({reason})") from err
-    if not chunks:
-        raise AudioError(f"{path}: audio stream holds no samples")
-    return np.concatenate(chunks).astype(np.float32), sr
+                parts.append(_to_float(pcm).mean(axis=0))
+                held += parts[-1].shape[0]
+                if held >= self.block:
+                    yield np.concatenate(parts).astype(np.float32)
+                    parts, held = [], 0
+        except av.error.FFmpegError as err:
+            raise AudioError(f"{self.path}: cannot decode audio ({_ffmpeg_reason(err)})") from err
+        if parts:
+            yield np.concatenate(parts).astype(np.float32)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """The 16 kHz blocks, in order; the file is closed at the end (read it once)."""
+        import soxr
+
+        resampler = None
+        if self.sr != SAMPLE_RATE:
+            resampler = soxr.ResampleStream(self.sr, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        seen, held = 0, None  # one block is held back, so the resampler's tail joins the last one
+        try:
+            for block in self._native_blocks():
+                if not np.isfinite(block).all():
+                    raise AudioError(f"{self.path}: contains NaN or infinite samples")
+                seen += len(block)
+                if held is not None:
+                    yield held
+                held = block if resampler is None else resampler.resample_chunk(block)
+                self.n_samples += len(held)
+            if not seen:
+                raise AudioError(f"{self.path}: {self.empty_message}")
+            if resampler is not None:
+                tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+                self.n_samples += len(tail)
+                held = np.concatenate([held, tail])
+            yield np.ascontiguousarray(held, dtype=np.float32)
+        finally:
+            self.close()
+
+
+def _sndfile_reason(err: Exception) -> str:
+    """libsndfile's reason for an error, without the path it repeats."""
+    return (getattr(err, "error_string", None) or str(err)).rstrip(".")
+
+
+def _ffmpeg_reason(err: Exception) -> str:
+    """FFmpeg's reason for an error, without the path it repeats."""
+    return getattr(err, "strerror", None) or str(err)
 
 
 def _to_float(pcm: np.ndarray) -> np.ndarray:
@@ -101,6 +194,22 @@ def _to_float(pcm: np.ndarray) -> np.ndarray:
     return pcm.astype(np.float32)
 
 
+def to_mono(wav: np.ndarray, name: str = "audio") -> np.ndarray:
+    """A waveform (n_samples,) or (n_samples, channels) of int or float PCM as finite mono float32 (n_samples,).
+
+    Raises :class:`AudioError` naming ``name`` for another shape or NaN / infinite samples.
+    """
+    wav = np.asarray(wav)
+    if wav.ndim not in (1, 2):
+        raise AudioError(f"{name}: expected a 1-D or 2-D waveform, got shape {wav.shape}")
+    wav = _to_float(wav)
+    if wav.ndim == 2:
+        wav = wav.mean(axis=1)
+    if not np.isfinite(wav).all():
+        raise AudioError(f"{name}: contains NaN or infinite samples")
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
 def prepare_waveform(wav: np.ndarray, sr: int, name: str = "audio") -> np.ndarray:
     """Check, downmix and resample a waveform to 16 kHz mono float32.
 
@@ -110,19 +219,11 @@ def prepare_waveform(wav: np.ndarray, sr: int, name: str = "audio") -> np.ndarra
     sr : int, 8-96 kHz
     name : str, used in error messages (usually the file name)
     """
-    wav = np.asarray(wav)
-    if wav.ndim == 2:
-        wav = _to_float(wav).mean(axis=1)
-    elif wav.ndim == 1:
-        wav = _to_float(wav)
-    else:
-        raise AudioError(f"{name}: expected a 1-D or 2-D waveform, got shape {wav.shape}")
+    wav = to_mono(wav, name)
     if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
         raise AudioError(f"{name}: sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
     if wav.size == 0:
         raise AudioError(f"{name}: holds no samples")
-    if not np.isfinite(wav).all():
-        raise AudioError(f"{name}: contains NaN or infinite samples")
     if sr != SAMPLE_RATE:
         import soxr
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import audio, extract, weights
+from . import audio, extract, frames, weights
 
 FEATURES_SUFFIX = "_se4lip.npy"  # aud.wav -> aud_se4lip.npy (+ aud_se4lip.json), like SyncTalk's aud_ds.npy
 MEDIA_SUFFIXES = audio.AUDIO_SUFFIXES | audio.VIDEO_SUFFIXES  # what a folder given as input is searched for
@@ -91,9 +91,9 @@ def extract_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     parser.add_argument("--fps", type=_positive_float, default=25.0,
                         help="video frame rate; one feature row per frame (default: %(default)g)")
-    parser.add_argument("--layout", choices=list(extract.LAYOUTS), default="ds",
+    parser.add_argument("--layout", choices=list(frames.LAYOUTS), default="ds",
                         help="ds: [N, 16, 512] like DeepSpeech (default); hubert: [N, 2, 512]; ave: [N, 1, 512]")
-    parser.add_argument("--batch-size", type=_positive_int, default=extract.DEFAULT_BATCH, metavar="N",
+    parser.add_argument("--batch-size", type=_positive_int, default=frames.DEFAULT_BATCH, metavar="N",
                         help="speech windows per encoder call (default: %(default)s)")
     _add_precision_flag(parser)
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from . import audio
-from .extract import DEFAULT_BATCH, LAYOUTS, Extractor, FrameStream
+from .extract import Extractor
+from .frames import DEFAULT_BATCH, LAYOUTS, FrameStream
 
 
 class ProgressiveFrames(FrameStream):
@@ -190,14 +191,7 @@ class StreamingExtractor:
 
     def _prepare(self, chunk: np.ndarray) -> np.ndarray:
         """Checked mono float32 at 16 kHz, converted like :func:`audio.prepare_waveform`."""
-        chunk = np.asarray(chunk)
-        if chunk.ndim not in (1, 2):
-            raise audio.AudioError(f"stream: expected a 1-D or 2-D chunk, got shape {chunk.shape}")
-        wav = audio._to_float(chunk)
-        if wav.ndim == 2:
-            wav = wav.mean(axis=1)
-        if not np.isfinite(wav).all():
-            raise audio.AudioError(f"stream: chunk at sample {self._n_pushed} contains NaN or infinite samples")
+        wav = audio.to_mono(chunk, name=f"stream: chunk at sample {self._n_pushed}")
         self._n_pushed += len(wav)
         if self._resampler is not None:
             wav = self._resampler.resample_chunk(wav)

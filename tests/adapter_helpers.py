@@ -17,8 +17,8 @@ import torch
 from se4lip_features.adapters import patch
 
 from se4lip_features import weights
-from se4lip_features.extract import sidecar_path
 from se4lip_features.model import ModelConfig, SE4Lip
+from se4lip_features.sidecar import sidecar_path
 
 FIXTURES = Path(__file__).parent / "fixtures" / "renderers"
 REPO = Path(__file__).resolve().parent.parent

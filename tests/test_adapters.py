@@ -32,7 +32,8 @@ from adapter_helpers import (
 from se4lip_features.adapters import common, engine, gaussian, patch
 from se4lip_features.adapters.common import CheckpointError, FeatureError
 
-from se4lip_features.extract import extract_file, sidecar_path
+from se4lip_features.extract import extract_file
+from se4lip_features.sidecar import sidecar_path
 
 pytest_plugins = ("adapter_helpers",)  # its fixtures: checkout, data, default_weights, ...
 

@@ -21,7 +21,8 @@ from adapter_helpers import N_FRAMES, N_TRAIN, copy_checkout, snapshot, write_fe
 from se4lip_features.adapters import common, engine, instag, patch
 from se4lip_features.adapters.common import CheckpointError, FeatureError
 
-from se4lip_features.extract import LAYOUTS, extract_file
+from se4lip_features.extract import extract_file
+from se4lip_features.frames import LAYOUTS
 
 pytest_plugins = ("adapter_helpers",)  # its fixtures: checkout, data, default_weights, weights_512, ...
 

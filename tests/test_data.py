@@ -34,7 +34,7 @@ def test_prepare_videos_aligns_audio_frames_and_counts_dropped(tmp_path):
         assert clip.n_dropped == 2
         assert not ds.clip_valid(clip)[10:12].any() and ds.clip_valid(clip)[12:].all()
         assert (ds.clip_lips(clip)[10:12] == 0).all()  # never guessed: frames without a face are blank
-    wav, _sr = audio.load_audio(GRID / "bbaf2n.mp4")
+    wav = audio.load_audio(GRID / "bbaf2n.mp4")
     np.testing.assert_allclose(ds.clip_audio(ds.clips[0]), wav[:48000], atol=1e-6)
     assert meta["landmarks"] == "mediapipe468" and meta["lip_crop_scale"] == 1.2
 
@@ -58,9 +58,9 @@ def test_segments_split_long_videos(tmp_path):
 def _renderer_folder(root: Path, missing_lms=(5,)):
     """A SyncTalk-style data folder: aud.wav, ori_imgs/<i>.jpg and 68-point <i>.lms."""
     frames, _ = lips.read_video(GRID / "bbaf2n.mp4")
-    wav, sr = audio.load_audio(GRID / "bbaf2n.mp4")
+    wav = audio.load_audio(GRID / "bbaf2n.mp4")
     (root / "ori_imgs").mkdir(parents=True)
-    soundfile.write(root / "aud.wav", wav, sr)
+    soundfile.write(root / "aud.wav", wav, audio.SAMPLE_RATE)
     recorded = np.load(GRID / "bbaf2n_mediapipe.npy")
     for i, frame in enumerate(frames[:20]):
         with av.open(str(root / "ori_imgs" / f"{i}.jpg"), "w", format="image2") as out:

@@ -10,7 +10,8 @@ import soundfile
 import torch
 from conftest import DATA, SPEECH, TINY
 
-from se4lip_features import __version__, audio, extract
+import se4lip_features
+from se4lip_features import __version__, audio, extract, sidecar
 from se4lip_features.audio import AudioError
 from se4lip_features.weights import sha256_file
 
@@ -166,7 +167,7 @@ def test_extract_file_writes_features_and_sidecar(extractor, tiny_weights, speec
         "scale": "unit-norm embedding x sqrt(dim)", "weights": "tiny", "weights_sha256": sha256_file(tiny_weights),
         "precision": "fp32", "audio": "speech.wav", "audio_sha256": sha256_file(SPEECH), "version": __version__,
     }
-    assert extract.read_sidecar(out) == meta
+    assert sidecar.read_sidecar(out) == meta
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["aud_se4lip.json", "aud_se4lip.npy"]
 
 
@@ -199,10 +200,21 @@ def test_failed_write_leaves_the_old_files_and_no_partial_one(extractor, tmp_pat
 def test_read_sidecar_names_what_is_wrong(tmp_path):
     out = tmp_path / "aud_se4lip.npy"
     with pytest.raises(FileNotFoundError, match=r"aud_se4lip\.json: no sidecar for"):
-        extract.read_sidecar(out)
+        sidecar.read_sidecar(out)
     (tmp_path / "aud_se4lip.json").write_text("{")
     with pytest.raises(ValueError, match=r"aud_se4lip\.json: not valid JSON"):
-        extract.read_sidecar(out)
+        sidecar.read_sidecar(out)
     (tmp_path / "aud_se4lip.json").write_text(json.dumps({"dim": 512, "layout": "ds"}))
     with pytest.raises(ValueError, match=r"sidecar lacks \['fps', 'n_frames', 'weights', 'weights_sha256', 'window'\]"):
-        extract.read_sidecar(out)
+        sidecar.read_sidecar(out)
+
+
+def test_read_features_checks_the_array_against_its_sidecar(extractor, tmp_path):
+    out = tmp_path / "aud_se4lip.npy"
+    extract.extract_file(SPEECH, out, extractor=extractor, layout="hubert")
+    feats, meta = se4lip_features.read_features(out)
+    assert feats.shape == (30, 2, extractor.dim) and meta["layout"] == "hubert" and meta["n_frames"] == 30
+    np.save(out, feats[:-1])
+    with pytest.raises(ValueError, match=r"aud_se4lip.npy: holds an array of shape \(29, 2, 32\), its sidecar "
+                                         r"describes \(30, 2, 32\)"):
+        se4lip_features.read_features(out)

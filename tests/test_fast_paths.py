@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import SPEECH, TINY
 
-from se4lip_features import StreamingExtractor, audio, extract
+from se4lip_features import StreamingExtractor, audio, extract, sidecar
 from se4lip_features.model import SE4Lip
 
 BF16_CPU = extract._cpu_has_bf16()
@@ -80,7 +80,7 @@ def test_command_line_fast_path(tmp_path, bf16, speech, capfd, tiny_weights):
     assert extract_main([str(SPEECH), "-o", str(out), "--weights", str(tiny_weights), "--precision", "bf16"]) == 0
     assert capfd.readouterr().err == ""
     np.testing.assert_array_equal(np.load(out), bf16.extract(*speech))
-    assert extract.read_sidecar(out)["precision"] == "bf16"
+    assert sidecar.read_sidecar(out)["precision"] == "bf16"
     with pytest.raises(SystemExit):
         extract_main([str(SPEECH), "--precision", "fp16"])
     assert "argument --precision: invalid choice: 'fp16'" in capfd.readouterr().err

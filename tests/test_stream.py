@@ -11,7 +11,7 @@ import torch
 from conftest import GRID, SPEECH, TINY
 
 import se4lip_features
-from se4lip_features import StreamingExtractor, audio, extract
+from se4lip_features import StreamingExtractor, audio, extract, frames
 from se4lip_features.audio import AudioError
 
 HALF = audio.window_samples(TINY.n_stft_frames) // 2  # 1792 samples: a window reaches 112 ms either side
@@ -74,7 +74,7 @@ def test_each_frame_comes_with_the_sample_that_completes_its_last_window(extract
     arrived = []  # samples pushed when each frame came out
     for n in range(1, len(wav) + 1):
         arrived += [n] * len(stream.push(wav[n - 1: n]))
-    width = extract.LAYOUTS[layout]
+    width = frames.LAYOUTS[layout]
     last_unit = 2 * np.arange(len(arrived)) + width - 1  # the last sub-step of frame i, in half-frame units
     last_centre = np.round((last_unit - (width - 1) / 2) / (2 * fps) * 16000).astype(int)
     np.testing.assert_array_equal(arrived, last_centre + HALF)  # not a sample later, nor earlier
@@ -99,9 +99,9 @@ def test_bad_chunks_and_options_are_refused(extractor):
     stream.push(np.zeros(100, np.float32))
     bad = np.zeros(50, np.float32)
     bad[7] = np.nan
-    with pytest.raises(AudioError, match=r"^stream: chunk at sample 100 contains NaN or infinite samples$"):
+    with pytest.raises(AudioError, match=r"^stream: chunk at sample 100: contains NaN or infinite samples$"):
         stream.push(bad)
-    with pytest.raises(AudioError, match=r"expected a 1-D or 2-D chunk, got shape \(2, 2, 2\)"):
+    with pytest.raises(AudioError, match=r"expected a 1-D or 2-D waveform, got shape \(2, 2, 2\)"):
         stream.push(np.zeros((2, 2, 2)))
     with pytest.raises(ValueError, match="unknown layout 'x'"):
         StreamingExtractor(extractor, layout="x")
@@ -117,7 +117,7 @@ def test_bad_chunks_and_options_are_refused(extractor):
 def test_chunked_extraction_equals_one_pass(extractor, monkeypatch, layout, fps):
     wav = speech_of(4.0)
     whole = extractor.extract(wav, 16000, fps=fps, layout=layout)  # 4 s: one chunk, one encoder run
-    monkeypatch.setattr(extract, "CHUNK_SECONDS", 0.37)  # 11 chunks whose ends fall anywhere in a frame
+    monkeypatch.setattr(audio, "BLOCK_SECONDS", 0.37)  # 11 blocks whose ends fall anywhere in a frame
     np.testing.assert_allclose(extractor.extract(wav, 16000, fps=fps, layout=layout), whole, atol=1e-5)
 
 
@@ -125,10 +125,10 @@ def test_long_file_is_read_encoded_and_written_in_bounded_pieces(extractor, tmp_
     wav = soxr.resample(speech_of(20.0), 16000, 44100).astype(np.float32)
     path = tmp_path / "long.wav"
     soundfile.write(path, np.stack([wav, 0.5 * wav], axis=1), 44100, subtype="FLOAT")  # 44.1 kHz stereo
-    expected = extractor.extract(*audio.load_audio(path), layout="ds")  # the whole file in memory
+    expected = extractor.extract(audio.load_audio(path), audio.SAMPLE_RATE, layout="ds")  # the whole file in memory
 
     held, pushed = [], []
-    push = extract.FrameStream.push
+    push = frames.FrameStream.push
 
     def spying(self, wav16, last=False):
         pushed.append(len(wav16))
@@ -136,8 +136,8 @@ def test_long_file_is_read_encoded_and_written_in_bounded_pieces(extractor, tmp_
         held.append((len(self.samples), len(self.emb)))
         return rows
 
-    monkeypatch.setattr(extract.FrameStream, "push", spying)
-    monkeypatch.setattr(extract, "CHUNK_SECONDS", 1.0)
+    monkeypatch.setattr(frames.FrameStream, "push", spying)
+    monkeypatch.setattr(audio, "BLOCK_SECONDS", 1.0)
     out = tmp_path / "long_se4lip.npy"
     meta = extract.extract_file(path, out, extractor=extractor, layout="ds")
     feats = np.load(out)
@@ -150,7 +150,7 @@ def test_long_file_is_read_encoded_and_written_in_bounded_pieces(extractor, tmp_
 
 
 def test_streamed_npy_is_what_np_save_writes(extractor, tmp_path, monkeypatch):
-    monkeypatch.setattr(extract, "CHUNK_SECONDS", 0.5)
+    monkeypatch.setattr(audio, "BLOCK_SECONDS", 0.5)
     out = tmp_path / "a_se4lip.npy"
     extract.extract_file(SPEECH, out, extractor=extractor, layout="hubert")
     feats = np.load(out)
@@ -161,7 +161,7 @@ def test_streamed_npy_is_what_np_save_writes(extractor, tmp_path, monkeypatch):
 
 
 def test_a_problem_late_in_a_long_file_leaves_nothing(extractor, tmp_path, monkeypatch):
-    monkeypatch.setattr(extract, "CHUNK_SECONDS", 1.0)
+    monkeypatch.setattr(audio, "BLOCK_SECONDS", 1.0)
     wav = speech_of(5.0)
     wav[4 * 16000] = np.nan  # in the fifth chunk, after four have been written
     path = tmp_path / "glitch.wav"
@@ -181,7 +181,7 @@ def test_extraction_does_not_keep_a_whole_file_of_embeddings(extractor, monkeypa
         return embed(wav, centres, *args, **kwargs)
 
     monkeypatch.setattr(extractor, "embed", counting)
-    monkeypatch.setattr(extract, "CHUNK_SECONDS", 1.0)
+    monkeypatch.setattr(audio, "BLOCK_SECONDS", 1.0)
     feats = extractor.extract(speech_of(6.0), 16000, layout="ds")
     assert feats.shape == (150, 16, TINY.embed_dim)
     # each encoder run sees about a second of audio and encodes about a second of sub-steps (50 at 25 fps)
@@ -201,8 +201,8 @@ def test_state_is_dropped_between_streams(extractor, speech):
 @pytest.mark.parametrize("chunk_s", [0.3, 30.0])
 def test_video_audio_is_read_incrementally_like_load_audio(extractor, tmp_path, monkeypatch, chunk_s):
     video = GRID / "bbaf2n.mp4"  # AAC in mp4, decoded by FFmpeg frame by frame
-    expected = extractor.extract(*audio.load_audio(video), layout="ave")
-    monkeypatch.setattr(extract, "CHUNK_SECONDS", chunk_s)
+    expected = extractor.extract(audio.load_audio(video), audio.SAMPLE_RATE, layout="ave")
+    monkeypatch.setattr(audio, "BLOCK_SECONDS", chunk_s)
     meta = extract.extract_file(video, tmp_path / "v.npy", extractor=extractor, layout="ave")
     np.testing.assert_allclose(np.load(tmp_path / "v.npy"), expected, atol=1e-5)
     assert meta["n_frames"] == len(expected) == 75

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import se4lip_features
-from se4lip_features import audio, available_models, extract, weights
+from se4lip_features import audio, available_models, extract, frames, weights
 from se4lip_features.weights import WeightsError
 
 RELEASED = "se4lip-test-v1"
@@ -251,7 +251,7 @@ def test_shipped_weights_load_offline_and_match_the_registry(name, monkeypatch):
     assert feats.shape == (30, 16, 512) and np.isfinite(feats).all()
     np.testing.assert_allclose(np.linalg.norm(feats, axis=-1), np.sqrt(512), rtol=1e-4)  # unit embeddings x sqrt(D)
     # Extraction's path (features once per STFT frame, BatchNorm folded) is the model's own function
-    times, index = extract.substep_grid(len(feats), 25.0, 16)
+    times, index = frames.substep_grid(len(feats), 25.0, 16)
     centres = torch.from_numpy(np.round(times * 16000).astype(np.int64))
     spec = audio.speech_windows(torch.from_numpy(wav), centres, enc.config.n_stft_frames)
     with torch.inference_mode():

@@ -2,7 +2,7 @@
 
 Every extractor here, like :class:`se4lip_features.extract.Extractor`, declares a ``name`` and a ``dim``
 and turns audio into float32 ``(N, W, dim)``: N = round(duration * fps) rows, row i centred on t = i / fps,
-its W sub-steps 1 / (2 fps) apart on the grid of :func:`se4lip_features.extract.substep_grid` (16 for the
+its W sub-steps 1 / (2 fps) apart on the grid of :func:`se4lip_features.frames.substep_grid` (16 for the
 "ds" layout). Each sub-step is one analysis frame centred on the sub-step's instant; samples outside the
 audio read as silence, as in :func:`se4lip_features.audio.speech_windows`.
 
@@ -29,7 +29,7 @@ import torch
 
 from .. import audio
 from ..audio import MEL_BANDS, MEL_FMAX, MEL_FMIN, SAMPLE_RATE, mel_filterbank
-from ..extract import LAYOUTS, check_options, framed_waveform, substep_grid
+from ..frames import LAYOUTS, check_options, framed_waveform, substep_grid
 
 PRE_EMPHASIS = 0.97
 

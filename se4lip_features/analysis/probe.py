@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from .. import audio
-from ..extract import LAYOUTS, substep_grid
+from ..frames import LAYOUTS, substep_grid
 
 log = logging.getLogger(__name__)
 

@@ -136,8 +136,7 @@ def prepare_videos(videos, out: Path, *, fps=25.0, height=48, width=96, scale=1.
     try:
         for path in tqdm(list(videos), desc="prepare", unit="video", disable=not progress):
             path = Path(path)
-            wav, sr = audio.load_audio(path)
-            wav = audio.prepare_waveform(wav, sr, name=str(path))
+            wav = audio.load_audio(path)
             frames, _ = lips.read_video(path, fps)
             landmarks = detector(frames)
             if np.isnan(landmarks).all():
@@ -160,8 +159,7 @@ def prepare_renderer_folder(folder: Path, out: Path, *, fps=25.0, height=48, wid
     import av
 
     folder = Path(folder)
-    wav, sr = audio.load_audio(folder / "aud.wav")
-    wav = audio.prepare_waveform(wav, sr, name=str(folder / "aud.wav"))
+    wav = audio.load_audio(folder / "aud.wav")
     images = sorted((folder / "ori_imgs").glob("*.jpg"), key=lambda p: int(p.stem))
     if not images:
         raise FileNotFoundError(f"{folder / 'ori_imgs'}: no <index>.jpg frames")
