@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from se4lip_features.adapters import ernerf, gaussiantalker, instag, radnerf, synctalk, talkinggaussian
@@ -24,13 +25,15 @@ RENDERERS = {module.__name__.rsplit(".", 1)[1]: module.RENDERER
 # -- command line --------------------------------------------------------------------------------------
 
 def get_parser() -> argparse.ArgumentParser:
-    verified = "; ".join(f"{name}: {r.repo}@{r.commit[:7]}" for name, r in RENDERERS.items())
+    verified = "\n".join(f"  {name:16} {r.repo}@{r.commit[:7]}" for name, r in RENDERERS.items())
     parser = argparse.ArgumentParser(
         prog="se4lip-patch",
-        description="Patch a SyncTalk, TalkingGaussian, ER-NeRF, RAD-NeRF, GaussianTalker or InsTaG checkout so "
-                    "that --audio_feature se4lip selects SE4Lip features. The inserted lines end in "
-                    "'# se4lip-patch' and call se4lip_features.adapters only when se4lip is the chosen feature.",
-        epilog=f"Verified against {verified}. Exit status: 0 on success (for --check: patched), 1 otherwise.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # one renderer per line in the epilog
+        description=textwrap.fill(
+            "Patch a SyncTalk, TalkingGaussian, ER-NeRF, RAD-NeRF, GaussianTalker or InsTaG checkout so that "
+            "--audio_feature se4lip selects SE4Lip features. The inserted lines end in '# se4lip-patch' and call "
+            "se4lip_features.adapters only when se4lip is the chosen feature."),
+        epilog=f"verified against:\n{verified}\n\nExit status: 0 on success (for --check: patched), 1 otherwise.",
     )
     parser.add_argument("renderer", choices=sorted(RENDERERS), help="which renderer PATH is a checkout of")
     parser.add_argument("path", type=Path, metavar="PATH", help="the renderer checkout (its top directory)")

@@ -142,14 +142,18 @@ def test_split_lines_round_trips_any_endings():
     assert engine.split_lines("") == []
 
 
+VERIFIED = {"synctalk": "ZiqiaoPeng/SyncTalk@d2427a3", "talkinggaussian": "Fictionarry/TalkingGaussian@9bd34f7",
+            "ernerf": "Fictionarry/ER-NeRF@0cf72d8", "radnerf": "ashawkey/RAD-NeRF@0de5ed2",
+            "gaussiantalker": "cvlab-kaist/GaussianTalker@250fb93", "instag": "Fictionarry/InsTaG@42f68f8"}
+
+
 def test_verified_commits_are_recorded(capsys):
-    assert patch.SYNCTALK.commit.startswith("d2427a3") and patch.SYNCTALK.repo == "ZiqiaoPeng/SyncTalk"
-    assert patch.TALKINGGAUSSIAN.commit.startswith("9bd34f7")
-    assert patch.TALKINGGAUSSIAN.repo == "Fictionarry/TalkingGaussian"
+    assert {name: f"{r.repo}@{r.commit[:7]}" for name, r in patch.RENDERERS.items()} == VERIFIED
+    assert all(len(r.commit) == 40 for r in patch.RENDERERS.values())
     with pytest.raises(SystemExit):
         patch.main(["--help"])
-    out = capsys.readouterr().out
-    assert "ZiqiaoPeng/SyncTalk@d2427a3" in out and "Fictionarry/TalkingGaussian@9bd34f7" in out
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert all([name, where] in lines for name, where in VERIFIED.items())  # one renderer per line
 
 
 def test_command_line_runs_as_a_program(tmp_path):
