@@ -1,4 +1,5 @@
-"""What both renderers share: SE4Lip feature files, their sidecars, frame counts and the checkpoint guard."""
+"""What every renderer adapter shares: reading and checking SE4Lip feature files and their sidecars, frame
+counts, test audio, the checkpoint guard, the saved feature type and the test video's sound."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ log = logging.getLogger("se4lip_features.adapters")
 FEATURE = "se4lip"  # the value of --audio_feature / --asr_model / --audio_extractor that selects SE4Lip
 SELF_FEATURES = "aud_se4lip.npy"  # self-driven features, beside the renderers' aud_ds.npy / aud_hu.npy
 SOURCE_WAV = "aud.wav"  # the renderers' data_utils/process.py writes the training video's audio here
-RENDER_FPS = 25.0  # both renderers read 25 fps video and write 25 fps results
+RENDER_FPS = 25.0  # the renderers read 25 fps video and write 25 fps results
 MAX_WINDOW = 16  # AudioNet.forward keeps the first 16 steps of the window axis and drops the rest
 FRAME_SLACK = 1  # feature rows may differ from video frames by one (audio and video lengths round apart)
 TRANSFORMS = ("transforms_train.json", "transforms_val.json")  # together they list every video frame
