@@ -24,8 +24,10 @@ PRETRAIN_IDS = ("macron", "shaheen", "may", "jaein", "obama1")
 
 
 def identities(root: str | Path) -> list[Path]:
-    """The identity folders of a pre-training directory: its subfolders holding ``transforms_train.json``."""
-    return sorted(p for p in Path(root).iterdir() if (p / "transforms_train.json").is_file())
+    """The identity folders of a pre-training directory: those of ``PRETRAIN_IDS`` it holds, or, if none,
+    every subfolder holding ``transforms_train.json`` (a pre-training script edited for other identities)."""
+    found = sorted(p for p in Path(root).iterdir() if (p / "transforms_train.json").is_file())
+    return [p for p in found if p.name in PRETRAIN_IDS] or found
 
 
 def avatar_meta(root: str | Path) -> tuple[dict, Path]:
