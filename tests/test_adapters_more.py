@@ -1,10 +1,11 @@
 """ER-NeRF, RAD-NeRF, GaussianTalker and InsTaG patched by se4lip-patch and run on the CPU with torch.
 
-For each (and, through the same checks, SyncTalk and TalkingGaussian): the tensor its audio network receives with SE4Lip features in every layout (512-dim, as the
+For each: the tensor its audio network receives with SE4Lip features in every layout (512-dim, as the
 released weights) and with its own features; test audio as .wav and .npy; the frame-count and checkpoint
 checks; refusal of checkouts it does not recognise; and its own features still running where
-se4lip_features cannot be imported. The byte-exact patch/check/revert cycle of every renderer, ER-NeRF in
-CRLF included, is tests/test_adapters.py::test_patch_check_repatch_revert_restores_bytes.
+se4lip_features cannot be imported. SyncTalk and TalkingGaussian go through the shared checks too. The
+byte-exact patch/check/revert cycle of every renderer, ER-NeRF in CRLF included, is
+tests/test_adapters.py::test_patch_check_repatch_revert_restores_bytes.
 """
 
 import argparse
