@@ -1,5 +1,8 @@
-"""Renderer adapters: SE4Lip features in SyncTalk and TalkingGaussian checkouts patched by ``se4lip-patch``.
+"""Renderer adapters: SE4Lip features in renderer checkouts patched by ``se4lip-patch``.
 
-``patch`` writes small anchored insertions into a user's checkout; the insertions call ``synctalk`` or
-``talkinggaussian``, which share the feature-file and checkpoint logic of ``common``.
+``engine`` applies and reverts anchored edits; each renderer module (``synctalk``, ``talkinggaussian``,
+``ernerf``, ``radnerf``, ``gaussiantalker``, ``instag``) holds its table of edits and the functions its
+inserted lines call, built on what the NeRF renderers share (``nerf``), what the two 3DGS renderers with
+``--audio_extractor`` share (``gaussian``) and the feature files, sidecars, frame counts and checkpoint guard
+every renderer shares (``common``). ``patch`` is the command line.
 """

@@ -1,9 +1,11 @@
-"""What both renderers share: SE4Lip feature files, their sidecars, frame counts and the checkpoint guard."""
+"""What every renderer adapter shares: reading and checking SE4Lip feature files and their sidecars, frame
+counts, test audio, the checkpoint guard, the saved feature type and the test video's sound."""
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +16,7 @@ log = logging.getLogger("se4lip_features.adapters")
 FEATURE = "se4lip"  # the value of --audio_feature / --asr_model / --audio_extractor that selects SE4Lip
 SELF_FEATURES = "aud_se4lip.npy"  # self-driven features, beside the renderers' aud_ds.npy / aud_hu.npy
 SOURCE_WAV = "aud.wav"  # the renderers' data_utils/process.py writes the training video's audio here
-RENDER_FPS = 25.0  # both renderers read 25 fps video and write 25 fps results
+RENDER_FPS = 25.0  # the renderers read 25 fps video and write 25 fps results
 MAX_WINDOW = 16  # AudioNet.forward keeps the first 16 steps of the window axis and drops the rest
 FRAME_SLACK = 1  # feature rows may differ from video frames by one (audio and video lengths round apart)
 TRANSFORMS = ("transforms_train.json", "transforms_val.json")  # together they list every video frame
@@ -35,8 +37,9 @@ class CheckpointError(ValueError):
 def use_console_logging() -> None:
     """Show this package's INFO messages on stderr when the renderer script has not configured logging.
 
-    Called from the renderers' argument parsing (our entry point in their scripts), so a message such as
-    "extracting aud_se4lip.npy" is seen rather than dropped by Python's last-resort handler.
+    Called by the entry points the inserted lines reach first in an se4lip run (``self_meta``,
+    ``load_features``), so a message such as "extracting aud_se4lip.npy" is seen rather than dropped by
+    Python's last-resort handler.
     """
     pkg = logging.getLogger("se4lip_features")
     if logging.getLogger().handlers or pkg.handlers:
@@ -107,6 +110,7 @@ def self_meta(root: str | Path) -> dict:
     """The sidecar of the self-driven features, which fixes the avatar's feature type (extracting if needed)."""
     from se4lip_features.sidecar import read_sidecar
 
+    use_console_logging()
     npy = self_features(root)
     meta = read_sidecar(npy)
     check_meta(meta, npy)
@@ -181,7 +185,8 @@ def extract_like(audio_path: str | Path, reference: dict) -> np.ndarray:
         )
     log.info("extracting SE4Lip features from %s (weights %s, layout %s)", audio_path, extractor.name,
              reference["layout"])
-    return extractor.extract(audio.load_audio(audio_path), audio.SAMPLE_RATE, fps=RENDER_FPS, layout=reference["layout"], name=str(audio_path))
+    return extractor.extract(audio.load_audio(audio_path), audio.SAMPLE_RATE, fps=RENDER_FPS,
+                             layout=reference["layout"], name=str(audio_path))
 
 
 def load_features(root: str | Path, aud: str | Path | None, id_key: str) -> np.ndarray:
@@ -201,6 +206,7 @@ def load_features(root: str | Path, aud: str | Path | None, id_key: str) -> np.n
     """
     from se4lip_features.audio import AUDIO_SUFFIXES
 
+    use_console_logging()
     root = Path(root)
     npy = self_features(root)
     feats, meta = read_features(npy)
@@ -237,26 +243,26 @@ def describe(state: dict) -> str:
     return "features of an unknown type"
 
 
-def guard_audio_net(audio_net, reference: dict | None, flag: str, features: str | Path | None = None) -> None:
-    """Make ``audio_net`` refuse, with a clear message, state dicts trained on another feature type.
+def guard_audio_net(audio_net, reference: dict, flag: str, features: str | Path) -> None:
+    """Make an SE4Lip-fed ``audio_net`` refuse, with a clear message, state dicts trained on other features.
 
     The check runs whenever a parent module's ``load_state_dict`` reaches this AudioNet, whichever script
     calls it, before torch would report a size mismatch (which it does even with ``strict=False``).
-    SE4Lip-fed networks carry a buffer with the SHA-256 of the weights that made their features, so a
-    checkpoint is also refused when the data directory's features come from other weights.
+    The network gets a buffer with the SHA-256 of the weights that made its features, so a checkpoint is
+    also refused when the data directory's features come from other weights. Only se4lip runs install it:
+    a run on the renderer's own features never imports this package, and torch reports a mismatch itself.
 
     Parameters
     ----------
     audio_net : torch.nn.Module, the renderer's AudioNet (or SyncTalk's AudioNet_ave)
-    reference : the sidecar of the avatar's SE4Lip features, or None when it uses the renderer's own
-    flag : the renderer's feature option, for the message ("--asr_model" or "--audio_extractor")
+    reference : the sidecar of the avatar's SE4Lip features
+    flag : the renderer's feature option, for the message ("--asr_model", "--audio_extractor", ...)
     features : the SE4Lip feature file ``reference`` describes, for the message
     """
     import torch
 
-    if reference is not None:
-        sha = bytes.fromhex(reference["weights_sha256"])
-        audio_net.register_buffer(TAG, torch.tensor(list(sha), dtype=torch.uint8))
+    sha = bytes.fromhex(reference["weights_sha256"])
+    audio_net.register_buffer(TAG, torch.tensor(list(sha), dtype=torch.uint8))
 
     def check(state_dict, prefix, *_):
         incoming = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -264,15 +270,13 @@ def guard_audio_net(audio_net, reference: dict | None, flag: str, features: str 
             return
         own = audio_net.state_dict()
         same = incoming.keys() == own.keys() and all(incoming[k].shape == own[k].shape for k in own)
-        if same and TAG in own:
+        if same:
             same = torch.equal(incoming[TAG].cpu(), own[TAG].cpu())
         if same:
             return
-        if TAG in incoming and TAG in own:
+        if TAG in incoming:
             hint = (f"{features} comes from other weights than the features this model was trained on; "
                     "re-extract it with the training weights (se4lip-extract --weights ... --force)")
-        elif TAG in incoming:
-            hint = f"it was trained with SE4Lip features: pass --audio_feature {FEATURE}"
         else:
             hint = f"pass the {flag} value it was trained with"
         raise CheckpointError(f"this checkpoint's audio network was trained on {describe(incoming)}, but this "
@@ -280,3 +284,71 @@ def guard_audio_net(audio_net, reference: dict | None, flag: str, features: str 
 
     # the private form: torch 1.12, which both renderers pin, has no public register_load_state_dict_pre_hook
     audio_net._register_load_state_dict_pre_hook(check)
+
+
+def source_audio(aud: str | Path | None) -> Path | None:
+    """The audio file of a cross-driven render, if known: ``aud`` itself, or the source of a ``.npy``."""
+    if not aud:
+        return None  # self-driven renders show the held-out frames: aud.wav would not line up
+    aud = Path(aud)
+    if aud.suffix.lower() != ".npy":
+        return aud
+    from se4lip_features.sidecar import read_sidecar
+    from se4lip_features.weights import sha256_file
+
+    meta = read_sidecar(aud)
+    source = aud.parent / meta.get("audio", "")
+    if meta.get("audio") and source.is_file() and sha256_file(source) == meta.get("audio_sha256"):
+        return source
+    return None
+
+
+def mux_audio(aud: str | Path | None, video: str | Path) -> Path | None:
+    """Write ``<video stem>_audio.mp4``: the rendered (silent) video with the test audio.
+
+    Returns the new file, or None when the audio is not known (self-driven, or a ``.npy`` whose source
+    audio is not beside it).
+    """
+    video = Path(video)
+    source = source_audio(aud)
+    if source is None:
+        log.info("no audio to add to %s; add it with `ffmpeg -i %s -i AUDIO -c:v copy -shortest OUT.mp4`",
+                 video, video)
+        return None
+    out = video.with_name(video.stem + "_audio.mp4")
+    cmd = ["ffmpeg", "-y", "-loglevel", "error", "-i", str(video), "-i", str(source), "-map", "0:v:0",
+           "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-shortest", str(out)]
+    try:
+        subprocess.run(cmd, check=True)
+    except FileNotFoundError as err:
+        raise RuntimeError(f"ffmpeg not found; the silent video is {video}; add the audio with: "
+                           f"{' '.join(cmd)}") from err
+    log.info("wrote %s", out)
+    return out
+
+
+def names_flag(argv: list[str], flags: tuple[str, ...]) -> bool:
+    """Whether a command line sets one of ``flags``, in any form argparse accepts (``--x=v``, abbreviated)."""
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if name.startswith("--audio_") and any(flag.startswith(name) for flag in flags):
+            return True
+    return False
+
+
+def keep_saved_feature(merged: dict, saved: dict, argv: list[str], key: str, flags: tuple[str, ...]) -> None:
+    """Let the feature type saved in ``cfg_args`` win over the parser's default (in place).
+
+    Parameters
+    ----------
+    merged : the arguments ``get_combined_args`` is about to return (cfg_args overridden by the command line)
+    saved : the arguments read from ``<model_path>/cfg_args`` (empty when there is none)
+    argv : the command line, without the program name
+    key : the feature option's attribute (``audio_extractor``)
+    flags : the options that set it (the renderer's own and ``--audio_feature``)
+    """
+    if key not in saved or names_flag(argv, flags):
+        return
+    if merged.get(key) != saved[key]:
+        log.info("audio features: %s, as saved in %s/cfg_args", saved[key], merged.get("model_path"))
+        merged[key] = saved[key]

@@ -1,4 +1,4 @@
-"""SyncTalk adapter: what the lines ``se4lip-patch synctalk`` inserts into a checkout call.
+"""SyncTalk: the patch table of ``se4lip-patch synctalk`` and what its inserted lines call.
 
 Flag mapping: SyncTalk picks its features with ``--asr_model``. The patch adds ``--audio_feature`` as an
 alias writing the same ``opt.asr_model``, and makes ``se4lip`` a value of both: ``--audio_feature se4lip``
@@ -8,98 +8,48 @@ again at test time, as for SyncTalk's own features.
 
 from __future__ import annotations
 
-import argparse
-import subprocess
-from pathlib import Path
-
-import numpy as np
-from se4lip_features.adapters import common
+from se4lip_features.adapters import common, engine, nerf
+from se4lip_features.adapters.engine import branch, insert_after, insert_at, insert_before
 
 # --audio_feature accepts SyncTalk's own feature names too, so one flag serves every run.
 FEATURES = ("ave", "deepspeech", "esperanto", "hubert", common.FEATURE)
-ID_KEY = "aud_id"  # SyncTalk indexes self-driven features with each frame's aud_id
+feature_dim, load_features, guard_checkpoints, mux_audio = nerf.bind("SyncTalk")
 
+_IMPORT = "from se4lip_features.adapters import synctalk as se4lip_synctalk"
+_SE4LIP = "self.opt.asr_model == 'se4lip'"
+_LOAD = "aud_features = se4lip_synctalk.load_features(self.opt)"
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--audio_feature``, an alias of ``--asr_model``; called from the patched ``main.py``."""
-    common.use_console_logging()
-    parser.add_argument("--audio_feature", dest="asr_model", choices=FEATURES, default=argparse.SUPPRESS,
-                        help=f"audio features (alias of --asr_model); '{common.FEATURE}' reads "
-                             f"<path>/{common.SELF_FEATURES}, extracting it from <path>/{common.SOURCE_WAV} "
-                             "if missing (se4lip-features)")
-
-
-def selected(opt) -> bool:
-    """Whether the run uses SE4Lip features (an exact match: SyncTalk's own dispatch uses substrings)."""
-    return opt.asr_model == common.FEATURE
-
-
-def feature_dim(opt) -> int:
-    """AudioNet's input dimension for an SE4Lip run, from the sidecar of ``<opt.path>/aud_se4lip.npy``.
-
-    Extracts the features first if they are missing. Refuses the modes SE4Lip features do not support.
-    """
-    if opt.asr:
-        raise ValueError(f"--asr (live speech recognition) cannot use --asr_model {common.FEATURE}: SyncTalk "
-                         "runs a Hugging Face CTC model named by --asr_model in that mode")
-    if opt.emb:
-        raise ValueError("--emb expects class labels; SE4Lip features are embeddings, drop --emb")
-    return int(common.self_meta(opt.path)["dim"])
-
-
-def load_features(opt) -> np.ndarray:
-    """The features ``NeRFDataset`` uses in place of its ``np.load``, self- or cross-driven by ``opt.aud``.
-
-    Returns
-    -------
-    np.ndarray float32 (n_frames, window, dim) on the CPU, like SyncTalk's own ``np.load``; the dataset
-    permutes it to (n_frames, dim, window) and its collate moves windows to the device
-    """
-    return common.load_features(opt.path, opt.aud, ID_KEY)
-
-
-def guard_checkpoints(audio_net, opt) -> None:
-    """Refuse checkpoints whose audio network was trained on another feature type (any ``--asr_model``)."""
-    reference = common.self_meta(opt.path) if selected(opt) else None
-    common.guard_audio_net(audio_net, reference, "--asr_model", Path(opt.path) / common.SELF_FEATURES)
-
-
-def test_audio(opt) -> Path | None:
-    """The audio file of a cross-driven test, if known: ``--aud`` itself, or the source of a ``.npy``."""
-    if not opt.aud:
-        return None  # self-driven tests render the val frames: aud.wav would not line up
-    aud = Path(opt.aud)
-    if aud.suffix.lower() != ".npy":
-        return aud
-    from se4lip_features.sidecar import read_sidecar
-    from se4lip_features.weights import sha256_file
-
-    meta = read_sidecar(aud)
-    source = aud.parent / meta.get("audio", "")
-    if meta.get("audio") and source.is_file() and sha256_file(source) == meta.get("audio_sha256"):
-        return source
-    return None
-
-
-def mux_audio(opt, video: str | Path) -> Path | None:
-    """Write ``<video stem>_audio.mp4``: the rendered video with the test audio, as SyncTalk does for ave.
-
-    Returns the new file, or None when the audio is not known (self-driven, or a ``.npy`` whose source
-    audio is not beside it).
-    """
-    video = Path(video)
-    source = test_audio(opt)
-    if source is None:
-        common.log.info("no audio to add to %s; add it with `ffmpeg -i %s -i AUDIO -c:v copy -shortest OUT.mp4`",
-                        video, video)
-        return None
-    out = video.with_name(video.stem + "_audio.mp4")
-    cmd = ["ffmpeg", "-y", "-loglevel", "error", "-i", str(video), "-i", str(source), "-map", "0:v:0",
-           "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-shortest", str(out)]
-    try:
-        subprocess.run(cmd, check=True)
-    except FileNotFoundError as err:
-        raise RuntimeError(f"ffmpeg not found; the silent video is {video}; add the audio with: "
-                           f"{' '.join(cmd)}") from err
-    common.log.info("wrote %s", out)
-    return out
+RENDERER = engine.Renderer("ZiqiaoPeng/SyncTalk", "d2427a3d7301234ca417ef7660aaf5a24e5d89b0", (
+    insert_after(
+        "main.py", "the --asr_model argument",
+        ["    parser.add_argument('--asr_model', type=str, default='deepspeech')"],
+        engine.marked("    ", nerf.alias_line(FEATURES))),
+    insert_at(
+        "nerf_triplane/network.py", "the audio_in_dim choice in NeRFNetwork.__init__",
+        ["        elif 'hubert' in self.opt.asr_model:",
+         "            self.audio_in_dim = 1024",
+         "        else:",
+         "            self.audio_in_dim = 32"], 2,
+        branch("        ", f"elif {_SE4LIP}:", _IMPORT, "self.audio_in_dim = se4lip_synctalk.feature_dim(self.opt)"),
+        scope="class NeRFNetwork(NeRFRenderer):"),
+    insert_after(
+        "nerf_triplane/network.py", "the AudioNet construction in NeRFNetwork.__init__",
+        ["        else:",
+         "            self.audio_net = AudioNet(self.audio_in_dim, self.audio_dim)"],
+        branch("        ", f"if {_SE4LIP}:", _IMPORT, "se4lip_synctalk.guard_checkpoints(self.audio_net, self.opt)"),
+        scope="class NeRFNetwork(NeRFRenderer):"),
+    *(insert_before("nerf_triplane/provider.py", what, anchor, branch("                ", f"elif {_SE4LIP}:", _IMPORT,
+                                                                       _LOAD), scope="class NeRFDataset:")
+      for what, anchor in (
+          ("the self-driven fallback to aud.npy in NeRFDataset.__init__",
+           ["                else:", "                    aud_features = np.load(os.path.join(self.root_path, 'aud.npy'))"]),
+          ("the cross-driven np.load(self.opt.aud) in NeRFDataset.__init__",
+           ["                else:", "                    try:", "                        aud_features = np.load(self.opt.aud)"]),
+      )),
+    insert_before(
+        "nerf_triplane/utils.py", "the end of Trainer.test",
+        ['        self.log(f"==> Finished Test.")'],
+        branch("        ", f"if {_SE4LIP}:", _IMPORT,
+               "se4lip_synctalk.mux_audio(self.opt, os.path.join(save_path, f'{name}.mp4'))"),
+        scope="    def test(self, loader, save_path=None, name=None, write_image=False):"),
+))

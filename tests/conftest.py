@@ -18,6 +18,7 @@ except ImportError:  # not installed with Python 3.7, which PyAV has no wheel fo
     av = None
 needs_av = pytest.mark.skipif(av is None, reason="needs PyAV, which has no wheel for Python 3.7")
 
+pytest.register_assert_rewrite("adapter_helpers")  # the adapter tests' shared fixtures (a pytest plugin)
 torch.set_num_threads(1)  # the suite must stay fast on 2 shared CPU cores
 # Training modules and PyAV are imported where used: the runtime tests also run where they are not available.
 

@@ -1,7 +1,8 @@
-"""Renderer adapters: se4lip-patch on fixture checkouts, and the inserted code run on the CPU with torch.
+"""Renderer adapters: se4lip-patch on every fixture checkout, then SyncTalk and TalkingGaussian patched and
+run on the CPU with torch (tests/test_adapters_more.py runs ER-NeRF, RAD-NeRF, GaussianTalker and InsTaG).
 
 The fixture checkouts (tests/fixtures/renderers) are our own minimal files holding only the anchor lines
-the patcher relies on; the real SyncTalk and TalkingGaussian are never needed here.
+the patcher relies on; the real renderers are never needed here.
 """
 
 import argparse
@@ -13,114 +14,28 @@ import runpy
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
-from se4lip_features.adapters import common, patch, synctalk, talkinggaussian
+from adapter_helpers import (
+    DIM,
+    N_FRAMES,
+    N_TRAIN,
+    REPO,
+    copy_checkout,
+    snapshot,
+    synctalk_opt,
+    write_features,
+    write_wav,
+)
+from se4lip_features.adapters import common, engine, gaussian, patch
 from se4lip_features.adapters.common import CheckpointError, FeatureError
 
-from se4lip_features import weights
 from se4lip_features.extract import extract_file
-from se4lip_features.model import ModelConfig, SE4Lip
 from se4lip_features.sidecar import sidecar_path
 
-FIXTURES = Path(__file__).parent / "fixtures" / "renderers"
-N_FRAMES = 30  # 1.2 s at 25 fps; transforms_train lists frames 0-26, transforms_val 27-29
-N_TRAIN = 27
-DIM = 24  # the tiny test weights' embedding size
-CHECKOUT_MODULES = ("nerf_triplane", "arguments", "scene")
-
-
-# -- fixtures ------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    """Two tiny random SE4Lip weight files with the same dim, and one with another dim."""
-    root = tmp_path_factory.mktemp("weights")
-    paths = {}
-    for seed, (name, dim) in enumerate((("tiny", DIM), ("other", DIM), ("wide", 40))):
-        torch.manual_seed(seed)
-        paths[name] = root / f"{name}.safetensors"
-        weights.save(SE4Lip(ModelConfig(gru_hidden=8, gru_layers=1, embed_dim=dim, front_end="stft", speech_encoder="gru")), paths[name])
-    return paths
-
-
-@pytest.fixture
-def default_weights(monkeypatch, tiny_weights):
-    """Make the tiny weights the package default (no released weights are bundled in the test env)."""
-    monkeypatch.setattr(weights, "DEFAULT_NAME", str(tiny_weights["tiny"]))
-    return tiny_weights
-
-
-def write_wav(path, seconds):
-    t = np.arange(int(seconds * 16000)) / 16000
-    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
-
-
-@pytest.fixture(scope="module")
-def data_template(tmp_path_factory):
-    """A processed data directory: aud.wav, and transforms listing N_FRAMES frames (no features yet)."""
-    root = tmp_path_factory.mktemp("data")
-    write_wav(root / "aud.wav", N_FRAMES / 25)
-    for split, ids in (("train", range(N_TRAIN)), ("val", range(N_TRAIN, N_FRAMES))):
-        frames = [{"img_id": i, "aud_id": i} for i in ids]
-        (root / f"transforms_{split}.json").write_text(json.dumps({"frames": frames}))
-    return root
-
-
-@pytest.fixture
-def data(tmp_path, data_template):
-    return Path(shutil.copytree(data_template, tmp_path / "data"))
-
-
-def write_features(npy, feats, **meta):
-    """A feature file with a sidecar as se4lip-extract writes them; ``meta`` overrides sidecar keys."""
-    np.save(npy, feats)
-    side = {"dim": feats.shape[2], "layout": "ds", "window": feats.shape[1], "fps": 25.0,
-            "n_frames": feats.shape[0], "weights": "tiny", "weights_sha256": "ab" * 32, "version": "0"}
-    side.update(meta)
-    sidecar_path(npy).write_text(json.dumps(side))
-
-
-def copy_checkout(renderer, dest, eol="\n"):
-    """A fixture checkout, with its line endings converted to ``eol``."""
-    shutil.copytree(FIXTURES / renderer, dest)
-    for path in dest.rglob("*.py"):
-        path.write_bytes(path.read_bytes().replace(b"\n", eol.encode()))
-    return dest
-
-
-def snapshot(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def checkout(tmp_path, monkeypatch):
-    """Patch a fixture checkout and import its modules (fresh, and forgotten after the test)."""
-    def drop():
-        for name in list(sys.modules):
-            if name.split(".")[0] in CHECKOUT_MODULES:
-                del sys.modules[name]
-
-    def make(renderer):
-        root = copy_checkout(renderer, tmp_path / renderer)
-        assert patch.main([renderer, str(root)]) == 0
-        drop()
-        monkeypatch.syspath_prepend(str(root))
-        return root
-
-    yield make
-    drop()
-
-
-def synctalk_opt(data, **kw):
-    values = {"path": str(data), "aud": "", "asr": False, "emb": False, "preload": 0, "asr_model": "se4lip"}
-    values.update(kw)
-    return argparse.Namespace(**values)
-
+pytest_plugins = ("adapter_helpers",)  # its fixtures: checkout, data, default_weights, ...
 
 # -- the patcher ---------------------------------------------------------------------------------------
 
@@ -135,18 +50,20 @@ def test_patch_check_repatch_revert_restores_bytes(tmp_path, renderer, eol, caps
     assert patch.main([renderer, str(root)]) == 0
     patched = snapshot(root)
     changed = {rel for rel in original if patched[rel] != original[rel]}
-    assert changed == {edit.path for edit in patch.RENDERERS[renderer].edits}
-    n_new = sum(isinstance(item, patch.New) for edit in patch.RENDERERS[renderer].edits for item in edit.patched)
+    edits = patch.RENDERERS[renderer].edits
+    assert changed == {edit.path for edit in edits}
+    swapped = {edit.path for edit in edits if any(isinstance(item, engine.Swap) for item in edit.patched)}
+    n_new = sum(isinstance(item, engine.New) for edit in patch.RENDERERS[renderer].edits for item in edit.patched)
     marked = 0
     for rel in changed:
         text = patched[rel].decode()
         ast.parse(text, rel)
         assert text.count("\n") == text.count(eol)  # every line, inserted ones included, ends in eol
-        marked += sum(line.endswith(patch.MARK) for line in text.splitlines())
-        if not rel.endswith("dataset_readers.py"):  # the file with a rewritten line; the rest only gain lines
-            kept = [line for line in text.splitlines(keepends=True) if not line.rstrip().endswith(patch.MARK)]
+        marked += sum(line.endswith(engine.MARK) for line in text.splitlines())
+        if rel not in swapped:  # files without a rewritten line only gain lines
+            kept = [line for line in text.splitlines(keepends=True) if not line.rstrip().endswith(engine.MARK)]
             assert "".join(kept) == original[rel].decode()
-    swaps = sum(isinstance(item, patch.Swap) for edit in patch.RENDERERS[renderer].edits for item in edit.patched)
+    swaps = sum(isinstance(item, engine.Swap) for edit in patch.RENDERERS[renderer].edits for item in edit.patched)
     assert marked == n_new + swaps  # ...and the one rewritten line, all marked
 
     capsys.readouterr()
@@ -173,7 +90,7 @@ def test_dry_run_prints_the_diff_and_writes_nothing(tmp_path, capsys):
     assert patch.main(["synctalk", str(root)]) == 0
     patched = snapshot(root)
     assert patch.main(["synctalk", str(root), "--revert", "--dry-run"]) == 0
-    assert "-    se4lip_synctalk.add_arguments(parser)  # se4lip-patch" in capsys.readouterr().out
+    assert "-    parser.add_argument('--audio_feature', dest='asr_model', choices=" in capsys.readouterr().out
     assert snapshot(root) == patched
 
 
@@ -218,28 +135,32 @@ def test_stray_marked_lines_refuse_patch_and_revert(tmp_path, capsys):
 
 def test_split_lines_round_trips_any_endings():
     text = "a\r\nb\n\nc\r\nlast"
-    lines = patch.split_lines(text)
+    lines = engine.split_lines(text)
     assert lines == [("a", "\r\n"), ("b", "\n"), ("", "\n"), ("c", "\r\n"), ("last", "")]
-    assert patch.join_lines(lines) == text
-    assert patch.newline_of(lines) == "\n"  # 2 CRLF of 5 lines
-    assert patch.split_lines("") == []
+    assert engine.join_lines(lines) == text
+    assert engine.newline_of(lines) == "\n"  # 2 CRLF of 5 lines
+    assert engine.split_lines("") == []
+
+
+VERIFIED = {"synctalk": "ZiqiaoPeng/SyncTalk@d2427a3", "talkinggaussian": "Fictionarry/TalkingGaussian@9bd34f7",
+            "ernerf": "Fictionarry/ER-NeRF@0cf72d8", "radnerf": "ashawkey/RAD-NeRF@0de5ed2",
+            "gaussiantalker": "cvlab-kaist/GaussianTalker@250fb93", "instag": "Fictionarry/InsTaG@42f68f8"}
 
 
 def test_verified_commits_are_recorded(capsys):
-    assert patch.SYNCTALK.commit.startswith("d2427a3") and patch.SYNCTALK.repo == "ZiqiaoPeng/SyncTalk"
-    assert patch.TALKINGGAUSSIAN.commit.startswith("9bd34f7")
-    assert patch.TALKINGGAUSSIAN.repo == "Fictionarry/TalkingGaussian"
+    assert {name: f"{r.repo}@{r.commit[:7]}" for name, r in patch.RENDERERS.items()} == VERIFIED
+    assert all(len(r.commit) == 40 for r in patch.RENDERERS.values())
     with pytest.raises(SystemExit):
         patch.main(["--help"])
-    out = capsys.readouterr().out
-    assert "ZiqiaoPeng/SyncTalk@d2427a3" in out and "Fictionarry/TalkingGaussian@9bd34f7" in out
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert all([name, where] in lines for name, where in VERIFIED.items())  # one renderer per line
 
 
 def test_command_line_runs_as_a_program(tmp_path):
     root = copy_checkout("talkinggaussian", tmp_path / "tg")
     exe = shutil.which("se4lip-patch")  # the console script, once the package is installed
     cmd = [exe] if exe else [sys.executable, "-m", "se4lip_features.adapters.patch"]
-    env = {"PATH": "/usr/bin:/bin"}  # the package as installed (a PYTHONPATH of the checkout would hide it)
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([*cmd, "talkinggaussian", str(root)], capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     done = subprocess.run([*cmd, "talkinggaussian", str(root), "--check"], capture_output=True, text=True, env=env,
@@ -279,17 +200,19 @@ def test_missing_features_and_wav_name_both_paths(tmp_path):
 
 
 def test_feature_flag_detection_and_saved_feature():
-    names = talkinggaussian._names_feature_flag
+    def names(argv):
+        return common.names_flag(argv, gaussian.FLAGS)
+
     assert names(["--audio_extractor", "x"]) and names(["--audio_feature=se4lip"]) and names(["--audio_ext", "x"])
     assert not names(["--audio", "test.npy", "-s", "data"])  # --audio is the test audio, not the feature
     merged = {"audio_extractor": "deepspeech", "model_path": "out"}
-    talkinggaussian.keep_saved_feature(merged, {"audio_extractor": "se4lip"}, ["-m", "out"])
+    gaussian.keep_saved_feature(merged, {"audio_extractor": "se4lip"}, ["-m", "out"])
     assert merged["audio_extractor"] == "se4lip"
     merged = {"audio_extractor": "deepspeech"}
-    talkinggaussian.keep_saved_feature(merged, {"audio_extractor": "se4lip"}, ["--audio_extractor", "deepspeech"])
+    gaussian.keep_saved_feature(merged, {"audio_extractor": "se4lip"}, ["--audio_extractor", "deepspeech"])
     assert merged["audio_extractor"] == "deepspeech"
     merged = {"audio_extractor": "deepspeech"}
-    talkinggaussian.keep_saved_feature(merged, {}, [])  # no cfg_args
+    gaussian.keep_saved_feature(merged, {}, [])  # no cfg_args
     assert merged["audio_extractor"] == "deepspeech"
 
 
@@ -401,8 +324,9 @@ def test_synctalk_checkpoints_of_other_features_are_refused(checkout, data, defa
     missing, unexpected = network.NeRFNetwork(synctalk_opt(data)).load_state_dict(se4lip_state, strict=False)
     assert not missing and not unexpected
     deepspeech = network.NeRFNetwork(synctalk_opt(data, asr_model="deepspeech"))
-    with pytest.raises(CheckpointError, match="trained on 24-dim se4lip .* built for 29-dim deepspeech .* "
-                                              "pass --audio_feature se4lip"):
+    # a run on SyncTalk's own features never imports se4lip_features: torch reports the mismatch itself
+    assert common.TAG not in {k.split(".")[-1] for k in deepspeech.state_dict()}
+    with pytest.raises(RuntimeError, match=r"size mismatch for audio_net.encoder_conv.0.weight"):
         deepspeech.load_state_dict(se4lip_state, strict=False)
     with pytest.raises(CheckpointError, match="trained on 29-dim deepspeech .* built for 24-dim se4lip"):
         network.NeRFNetwork(synctalk_opt(data)).load_state_dict(deepspeech.state_dict(), strict=False)
@@ -425,7 +349,7 @@ def test_synctalk_test_video_gets_the_test_audio(checkout, data, default_weights
     checkout("synctalk")
     utils = importlib.import_module("nerf_triplane.utils")
     calls = []
-    monkeypatch.setattr(synctalk.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    monkeypatch.setattr(common.subprocess, "run", lambda cmd, check: calls.append(cmd))
     wav = tmp_path / "speech.wav"
     write_wav(wav, 1.0)
     out = tmp_path / "results"
@@ -442,7 +366,7 @@ def test_synctalk_test_video_gets_the_test_audio(checkout, data, default_weights
     def no_ffmpeg(cmd, check):
         raise FileNotFoundError("ffmpeg")
 
-    monkeypatch.setattr(synctalk.subprocess, "run", no_ffmpeg)
+    monkeypatch.setattr(common.subprocess, "run", no_ffmpeg)
     with pytest.raises(RuntimeError, match="ffmpeg not found"):
         utils.Trainer(synctalk_opt(data, aud=str(wav))).test(None, save_path=str(out))
 
@@ -511,7 +435,7 @@ def test_talkinggaussian_refuses_other_checkpoints_and_lengths(checkout, data, d
     hubert = motion_net.MouthMotionNetwork(args=argparse.Namespace(**{**vars(args), "audio_extractor": "hubert"}))
     with pytest.raises(CheckpointError, match="trained on 1024-dim hubert .* pass the --audio_extractor value"):
         motion_net.MouthMotionNetwork(args=args).load_state_dict(hubert.state_dict(), strict=False)
-    with pytest.raises(CheckpointError, match="pass --audio_feature se4lip"):
+    with pytest.raises(RuntimeError, match="size mismatch"):  # a hubert run: the renderer's own error
         hubert.load_state_dict(state, strict=False)
     write_features(data / "aud_se4lip.npy", np.zeros((35, 16, DIM), np.float32))
     with pytest.raises(FeatureError, match="35 feature rows for 30 video frames"):

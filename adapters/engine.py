@@ -1,0 +1,322 @@
+"""The patch engine: anchored, reversible insertions into a renderer checkout, shared by every renderer.
+
+An ``Edit`` finds a few anchor lines of the renderer's own code (exactly, and exactly once within an optional
+scope) and replaces them by a block that keeps them and adds lines ending in ``# se4lip-patch``, or rewrites
+one of them (``Swap``). A ``Renderer`` is a repository, the commit its anchors were verified at and its edits;
+each renderer module of this package holds its own (the table of what differs), and ``patch`` is the command
+line over all of them. Reverting removes the marked lines and restores rewritten ones, so a patch followed by
+a revert gives the original bytes back; line endings are kept. ``plan`` checks every file before any is
+written, and ``write`` replaces the files only once all are staged.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+MARK = "# se4lip-patch"
+
+# Items of an edit's patched block: an anchor line kept as it is, a new line, or an anchor line rewritten.
+Keep = int  # index into the anchor
+
+
+@dataclass(frozen=True)
+class New:
+    text: str
+
+
+@dataclass(frozen=True)
+class Swap:
+    index: int  # the anchor line this one replaces
+    text: str
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace ``anchor`` (consecutive lines, unique within ``scope``) by ``patched``."""
+
+    path: str  # relative to the checkout, "/"-separated
+    what: str  # what the anchor is, for messages
+    anchor: tuple[str, ...]
+    patched: tuple[Keep | New | Swap, ...]
+    scope: str | None = None  # a line heading the block (class, def) that the anchor must lie in
+
+    def patched_text(self) -> tuple[str, ...]:
+        return tuple(self.anchor[item] if isinstance(item, int) else item.text for item in self.patched)
+
+
+@dataclass(frozen=True)
+class Renderer:
+    repo: str
+    commit: str  # the upstream commit the anchors were verified against
+    edits: tuple[Edit, ...]
+
+
+def marked(indent: str, *lines: str) -> tuple[New, ...]:
+    """New lines at ``indent``, each ending in the mark that ``--revert`` removes."""
+    return tuple(New(f"{indent}{line}  {MARK}") for line in lines)
+
+
+def branch(indent: str, head: str, imp: str, *body: str) -> tuple[New, ...]:
+    """``head`` (an ``if``/``elif`` on the se4lip feature) at ``indent``; ``imp`` and ``body`` one level deeper.
+
+    The import sits inside the branch, so a patched checkout imports se4lip_features only when se4lip is the
+    chosen feature and keeps running its own features where the package is not installed.
+    """
+    return marked(indent, head) + marked(indent + "    ", imp, *body)
+
+
+def or_else(anchor_line: str, index: int = 0) -> tuple[New | Swap, ...]:
+    """``else:`` and the anchor line ``index`` re-indented beneath it (a Swap, restored by a revert)."""
+    indent = anchor_line[: len(anchor_line) - len(anchor_line.lstrip())]
+    return marked(indent, "else:") + (Swap(index, f"    {anchor_line}  {MARK}"),)
+
+
+def insert_after(path, what, anchor, lines, scope=None) -> Edit:
+    return Edit(path, what, tuple(anchor), tuple(range(len(anchor))) + lines, scope)
+
+
+def insert_before(path, what, anchor, lines, scope=None) -> Edit:
+    return Edit(path, what, tuple(anchor), lines + tuple(range(len(anchor))), scope)
+
+
+def insert_at(path, what, anchor, at, lines, scope=None) -> Edit:
+    """Insert between anchor lines ``at - 1`` and ``at``."""
+    keep = tuple(range(len(anchor)))
+    return Edit(path, what, tuple(anchor), keep[:at] + lines + keep[at:], scope)
+
+
+
+class PatchError(RuntimeError):
+    """A checkout the patcher cannot handle; nothing was written."""
+
+
+# -- lines ---------------------------------------------------------------------------------------------
+
+def split_lines(text: str) -> list[tuple[str, str]]:
+    """(content, ending) pairs, ending "\\r\\n", "\\n" or "" (last line); joining them gives ``text`` back."""
+    parts = text.split("\n")
+    lines = [(p[:-1], "\r\n") if p.endswith("\r") else (p, "\n") for p in parts[:-1]]
+    if parts[-1]:
+        lines.append((parts[-1], ""))
+    return lines
+
+
+def join_lines(lines: list[tuple[str, str]]) -> str:
+    return "".join(content + ending for content, ending in lines)
+
+
+def newline_of(lines: list[tuple[str, str]]) -> str:
+    """The file's usual line ending, given to inserted lines."""
+    crlf = sum(ending == "\r\n" for _, ending in lines)
+    return "\r\n" if crlf > len(lines) - crlf else "\n"
+
+
+def scope_range(lines: list[tuple[str, str]], scope: str | None, where: str) -> tuple[int, int]:
+    """Line range [start, stop) of the block headed by ``scope``: until the next line indented no deeper."""
+    if scope is None:
+        return 0, len(lines)
+    heads = [i for i, (content, _) in enumerate(lines) if content == scope]
+    if len(heads) != 1:
+        raise PatchError(f"{where}: expected the line {scope!r} once, found it {len(heads)} times")
+    start = heads[0] + 1
+    depth = len(scope) - len(scope.lstrip())
+    for i in range(start, len(lines)):
+        content = lines[i][0]
+        if content.strip() and len(content) - len(content.lstrip()) <= depth:
+            return start, i
+    return start, len(lines)
+
+
+def find_block(lines, block: tuple[str, ...], start: int, stop: int) -> list[int]:
+    """Start indices of ``block`` as consecutive line contents within [start, stop)."""
+    n = len(block)
+    return [i for i in range(start, stop - n + 1) if all(lines[i + k][0] == block[k] for k in range(n))]
+
+
+def locate(lines, edit: Edit, where: str) -> tuple[str, int]:
+    """("patched" | "unpatched", index of the block); PatchError when neither is there exactly once."""
+    start, stop = scope_range(lines, edit.scope, where)
+    inside = f" in the block of {edit.scope.strip()!r}" if edit.scope else ""
+    for state, block in (("patched", edit.patched_text()), ("unpatched", edit.anchor)):
+        hits = find_block(lines, block, start, stop)
+        if len(hits) > 1:
+            raise PatchError(f"{where}: {edit.what}: found {len(hits)} times{inside}, expected once:\n"
+                             + "\n".join(f"    {line}" for line in block))
+        if hits:
+            return state, hits[0]
+    raise PatchError(f"{where}: cannot find {edit.what}{inside}; looked for the line(s)\n"
+                     + "\n".join(f"    {line}" for line in edit.anchor))
+
+
+def apply_edit(lines, edit: Edit, at: int, eol: str) -> list[tuple[str, str]]:
+    """Replace the anchor at ``at`` by the patched block; anchor lines keep their bytes."""
+    old = lines[at: at + len(edit.anchor)]
+    new = []
+    for item in edit.patched:
+        if isinstance(item, int):
+            new.append(old[item])
+        elif isinstance(item, Swap):
+            new.append((item.text, old[item.index][1]))
+        else:
+            if new and new[-1][1] == "":
+                raise PatchError(f"{edit.path}: cannot insert after the last line, which has no line ending")
+            new.append((item.text, eol))
+    return lines[:at] + new + lines[at + len(edit.anchor):]
+
+
+def revert_edit(lines, edit: Edit, at: int) -> list[tuple[str, str]]:
+    """Replace the patched block at ``at`` by the anchor with the bytes it had."""
+    current = lines[at: at + len(edit.patched)]
+    old = [None] * len(edit.anchor)
+    for item, line in zip(edit.patched, current):
+        if isinstance(item, int):
+            old[item] = line
+        elif isinstance(item, Swap):
+            old[item.index] = (edit.anchor[item.index], line[1])
+    return lines[:at] + old + lines[at + len(edit.patched):]
+
+
+# -- files ---------------------------------------------------------------------------------------------
+
+@dataclass
+class FileChange:
+    path: Path
+    old: bytes
+    new: bytes
+
+
+def read_text(path: Path) -> tuple[bytes, str]:
+    if not path.is_file():
+        raise PatchError(f"{path}: not found")
+    raw = path.read_bytes()
+    return raw, raw.decode("utf-8", errors="surrogateescape")  # any byte survives a round trip
+
+
+def by_file(renderer: Renderer) -> dict[str, list[Edit]]:
+    files: dict[str, list[Edit]] = {}
+    for edit in renderer.edits:
+        files.setdefault(edit.path, []).append(edit)
+    return files
+
+
+def status(renderer: Renderer, root: Path) -> list[tuple[Edit, str]]:
+    """The state of every edit: "patched", "unpatched", or the reason it cannot be found."""
+    out = []
+    for rel, edits in by_file(renderer).items():
+        path = root / rel
+        try:
+            _, text = read_text(path)
+        except PatchError as err:
+            out.extend((edit, str(err)) for edit in edits)
+            continue
+        lines = split_lines(text)
+        for edit in edits:
+            try:
+                out.append((edit, locate(lines, edit, str(path))[0]))
+            except PatchError as err:
+                out.append((edit, str(err)))
+    return out
+
+
+def plan(renderer: Renderer, root: Path, revert: bool = False) -> list[FileChange]:
+    """The files that patching (or reverting) would change, with their new bytes; nothing is written.
+
+    Raises PatchError, before anything is written, when any anchor is missing or ambiguous, or when a
+    file holds ``# se4lip-patch`` lines that are not this version's edits (they could not be reverted).
+    """
+    if not root.is_dir():
+        raise PatchError(f"{root}: not a directory")
+    states = status(renderer, root)
+    if all(state not in ("patched", "unpatched") for _, state in states):
+        raise PatchError(f"{root}: does not look like a {renderer.repo} checkout: none of the {len(states)} places "
+                         f"se4lip-patch edits was found (verified at {renderer.commit[:7]}); the first:\n"
+                         f"{states[0][1]}")
+    changes = []
+    for rel, edits in by_file(renderer).items():
+        path = root / rel
+        raw, text = read_text(path)
+        lines = split_lines(text)
+        eol = newline_of(lines)
+        ours, missing = set(), None
+        for edit in edits:
+            try:
+                state, at = locate(lines, edit, str(path))
+            except PatchError as err:
+                missing = missing or err
+                continue
+            if state == "patched":
+                ours.update(range(at, at + len(edit.patched)))
+        stray = [i + 1 for i, (content, _) in enumerate(lines) if content.endswith(MARK) and i not in ours]
+        if stray:  # checked first: a hand-edited patch also hides its anchors
+            raise PatchError(f"{path}: lines {stray} end in {MARK!r} but are not edits of this version of "
+                             "se4lip-patch (edited by hand, or patched by another version); restore the file "
+                             "(e.g. git checkout) and patch again")
+        if missing is not None:
+            raise missing
+        for edit in edits:  # edits do not overlap, so each is found again after the others
+            state, at = locate(lines, edit, str(path))
+            if revert and state == "patched":
+                lines = revert_edit(lines, edit, at)
+            elif not revert and state == "unpatched":
+                lines = apply_edit(lines, edit, at, eol)
+        new = join_lines(lines).encode("utf-8", errors="surrogateescape")
+        if new != raw:
+            changes.append(FileChange(path, raw, new))
+    return changes
+
+
+def write(changes: list[FileChange]) -> None:
+    """Write every change through a temporary file beside it, replacing the originals only at the end.
+
+    If a replacement fails, the files already replaced get their old bytes back before the error is
+    raised, so a checkout is never left half patched (or half reverted).
+    """
+    staged = []
+    try:
+        for change in changes:
+            fd, tmp = tempfile.mkstemp(prefix=change.path.name + ".", suffix=".se4lip-tmp", dir=change.path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(change.new)
+            shutil.copymode(change.path, tmp)
+            staged.append((tmp, change.path))
+        done = []
+        try:
+            for (tmp, path), change in zip(staged, changes):
+                os.replace(tmp, path)
+                done.append(change)
+        except OSError:
+            for change in done:
+                change.path.write_bytes(change.old)
+            raise
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def diff(changes: list[FileChange], root: Path) -> str:
+    out = []
+    for change in changes:
+        rel = change.path.relative_to(root).as_posix()
+        old = [c for c, _ in split_lines(change.old.decode("utf-8", errors="surrogateescape"))]
+        new = [c for c, _ in split_lines(change.new.decode("utf-8", errors="surrogateescape"))]
+        out.extend(difflib.unified_diff(old, new, f"a/{rel}", f"b/{rel}", lineterm=""))
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def checkout_commit(root: Path) -> str | None:
+    """The checkout's git HEAD, or None when it is not a git work tree (or git is not installed)."""
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=False,
+                              capture_output=True, text=True)
+    except FileNotFoundError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
