@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import audio, sidecar, weights
+from . import atomic, audio, sidecar, weights
 from .frames import DEFAULT_BATCH, LAYOUTS, FrameStream, check_options, framed_waveform, too_short_message
 from .sidecar import sidecar_path
 from .weights import sha256_file
@@ -229,29 +228,24 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
     check_options(fps, layout, batch_size)
     source = audio.AudioFile(audio_path)  # opens and checks the file now; problems in its data show while reading
     new_dirs = [p for p in out_path.parents if not p.exists()]  # removed again if nothing gets written
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_npy = out_path.with_name(out_path.name + ".partial")
-    tmp_side = side.with_name(side.name + ".partial")
     done = False
     try:
-        with open(tmp_npy, "wb") as f:
-            rows = extractor.extract_blocks(source, fps, layout, batch_size, progress, total_s=source.duration_s)
-            n_frames = _write_npy(f, rows, (LAYOUTS[layout], extractor.dim))
-        if n_frames < 1:
-            raise audio.AudioError(too_short_message(str(audio_path), source.n_samples, fps))
-        meta = sidecar.describe(dim=extractor.dim, layout=layout, window=LAYOUTS[layout], fps=fps,
-                                n_frames=n_frames, weights=extractor.name, weights_sha256=extractor.sha256,
-                                precision=extractor.precision, audio=audio_path.name,
-                                audio_sha256=sha256_file(audio_path))
-        tmp_side.write_text(json.dumps(meta, indent=1) + "\n")
-        os.replace(tmp_npy, out_path)
-        os.replace(tmp_side, side)
+        # Unique temporaries, renamed into place as a pair: concurrent writers of one output never mix.
+        with atomic.replacing(out_path, side) as (tmp_npy, tmp_side):
+            with open(tmp_npy, "wb") as f:
+                rows = extractor.extract_blocks(source, fps, layout, batch_size, progress,
+                                                total_s=source.duration_s)
+                n_frames = _write_npy(f, rows, (LAYOUTS[layout], extractor.dim))
+            if n_frames < 1:
+                raise audio.AudioError(too_short_message(str(audio_path), source.n_samples, fps))
+            meta = sidecar.describe(dim=extractor.dim, layout=layout, window=LAYOUTS[layout], fps=fps,
+                                    n_frames=n_frames, weights=extractor.name, weights_sha256=extractor.sha256,
+                                    precision=extractor.precision, audio=audio_path.name,
+                                    audio_sha256=sha256_file(audio_path))
+            tmp_side.write_text(json.dumps(meta, indent=1) + "\n")
         done = True
     finally:
         source.close()
-        for tmp in (tmp_npy, tmp_side):
-            with contextlib.suppress(FileNotFoundError):  # Path.unlink(missing_ok=) needs Python 3.8
-                tmp.unlink()
         if not done:
             for folder in new_dirs:  # deepest first
                 with contextlib.suppress(OSError):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from . import atomic
 from .model import ModelConfig, SE4Lip
 
 FORMAT = "se4lip-weights/1"
@@ -124,9 +125,8 @@ def save(model: SE4Lip, path: str | Path, *, fp16: bool = True, metadata: dict |
     meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), "tensors_sha256": tensors_sha256(state)}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic.replacing(path) as (tmp,):
+        save_file(state, str(tmp), metadata=meta)
     return sha256_file(path)
 
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .. import audio
+from .. import atomic, audio
 from ..audio import SAMPLE_RATE
 from . import lips
 
@@ -108,15 +106,10 @@ class _Writer:
     def close(self) -> dict:
         if not self.meta["clips"]:
             raise ValueError("no usable clip: nothing to write")
-        tmp = self.out.with_name(self.out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for key, parts in self.parts.items():
-            np.save(tmp / f"{key}.npy", np.concatenate(parts))
-        (tmp / "meta.json").write_text(json.dumps(self.meta, indent=1))
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        os.replace(tmp, self.out)
+        with atomic.replacing(self.out, folder=True) as (tmp,):
+            for key, parts in self.parts.items():
+                np.save(tmp / f"{key}.npy", np.concatenate(parts))
+            (tmp / "meta.json").write_text(json.dumps(self.meta, indent=1))
         return self.meta
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import audio, evaluate, weights
+from .. import atomic, audio, evaluate, weights
 from ..model import ModelConfig, SE4Lip, pair_losses
 from .data import Clip, PreparedData
 
@@ -229,11 +229,10 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
             rng_states = [None] * world
             dist.all_gather_object(rng_states, rng.bit_generator.state)
         if rank == 0:
-            tmp = ckpt_path.with_suffix(".partial")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                        "rng": rng_states, "torch_rng": torch.get_rng_state(), "history": history,
-                        "train_config": dataclasses.asdict(cfg), "model_config": model_cfg.to_dict()}, tmp)
-            os.replace(tmp, ckpt_path)
+            with atomic.replacing(ckpt_path) as (tmp,):
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                            "rng": rng_states, "torch_rng": torch.get_rng_state(), "history": history,
+                            "train_config": dataclasses.asdict(cfg), "model_config": model_cfg.to_dict()}, tmp)
 
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress or rank > 0)
     last_save = started = time.time()

@@ -1,0 +1,74 @@
+"""Atomic writes: files appear whole, under their final names, or not at all, and writers never share a file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def temp_beside(target: Path, folder: bool = False) -> Path:
+    """A new, empty file (or folder) next to ``target``, unique to this writer: ``.<name>.<random>.partial``.
+
+    Beside the target so that renaming it into place stays on one file system; hidden so that folder scans
+    (``se4lip-extract folder/``) never pick it up.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    make = tempfile.mkdtemp if folder else tempfile.mkstemp
+    made = make(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    if not folder:
+        os.close(made[0])
+        made = made[1]
+    return Path(made)
+
+
+def remove(path: Path) -> None:
+    """Delete a file or folder if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def replacing(*targets: Path, folder: bool = False) -> Iterator[list[Path]]:
+    """Write ``targets`` as a set: yields one unique temporary path per target, renamed into place together.
+
+    When the ``with`` block ends normally, every temporary is renamed onto its target. If a rename fails,
+    the targets already replaced get their earlier contents back (or are removed if they had none), so a
+    set such as a ``.npy`` and its sidecar is never left mixed. On any exception (KeyboardInterrupt and the
+    signals the command-line tools turn into exceptions included) the temporaries are removed and the
+    targets keep their contents. ``folder=True`` yields folders instead of files.
+    """
+    targets = tuple(Path(t) for t in targets)
+    temps = [temp_beside(t, folder) for t in targets]
+    backups = {}  # target -> its earlier contents, kept until every rename has succeeded
+    replaced = 0
+    try:
+        yield temps
+        for target in targets:
+            if target.exists():
+                backups[target] = backup = temp_beside(target, folder)
+                if folder:  # a folder cannot be hard-linked: it is moved aside for the moment of the swap
+                    os.replace(target, backup)
+                else:
+                    os.unlink(backup)
+                    os.link(target, backup)
+        for temp, target in zip(temps, targets):
+            os.replace(temp, target)
+            replaced += 1
+    except BaseException:
+        for k, target in enumerate(targets):
+            if target in backups and (k < replaced or folder):
+                remove(target)
+                os.replace(backups.pop(target), target)
+            elif k < replaced:
+                remove(target)
+        raise
+    finally:
+        for path in (*temps, *backups.values()):
+            remove(path)

@@ -1,0 +1,61 @@
+"""Atomic writes: unique temporaries, sets of files replaced together, nothing left behind on failure."""
+
+import os
+
+import pytest
+
+from se4lip_features import atomic
+
+
+def test_two_writers_of_one_output_never_mix(tmp_path):
+    a, b = tmp_path / "x.npy", tmp_path / "x.json"
+    with atomic.replacing(a, b) as (ta, tb):
+        ta.write_text("first")
+        tb.write_text("first")
+        with atomic.replacing(a, b) as (ua, ub):  # a second writer finishing in the middle of the first
+            assert {ua, ub}.isdisjoint({ta, tb})
+            ua.write_text("second")
+            ub.write_text("second")
+        assert (a.read_text(), b.read_text()) == ("second", "second")
+    assert (a.read_text(), b.read_text()) == ("first", "first")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.npy"]
+
+
+def test_failure_leaves_the_targets_and_no_temporary(tmp_path):
+    a = tmp_path / "x.npy"
+    a.write_text("old")
+    with pytest.raises(KeyboardInterrupt), atomic.replacing(a) as (tmp,):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    assert a.read_text() == "old" and os.listdir(tmp_path) == ["x.npy"]
+
+
+def test_a_failed_rename_restores_the_set(tmp_path, monkeypatch):
+    a, b = tmp_path / "x.npy", tmp_path / "x.json"
+    a.write_text("old npy")
+    replace = os.replace
+
+    def failing(src, dst):
+        if str(dst) == str(b):
+            raise OSError(28, "No space left on device")
+        replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", failing)
+    with pytest.raises(OSError, match="No space left"), atomic.replacing(a, b) as (ta, tb):
+        ta.write_text("new npy")
+        tb.write_text("new json")
+    assert a.read_text() == "old npy" and not b.exists() and os.listdir(tmp_path) == ["x.npy"]
+
+
+def test_folders_are_swapped_whole(tmp_path):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "meta.json").write_text("old")
+    with atomic.replacing(out, folder=True) as (tmp,):
+        assert tmp.is_dir() and tmp.name.startswith(".data.") and tmp.name.endswith(".partial")
+        (tmp / "meta.json").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["meta.json"] and (out / "meta.json").read_text() == "new"
+    with pytest.raises(ValueError), atomic.replacing(out, folder=True) as (tmp,):
+        (tmp / "meta.json").write_text("newer")
+        raise ValueError
+    assert (out / "meta.json").read_text() == "new" and os.listdir(tmp_path) == ["data"]
