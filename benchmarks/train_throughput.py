@@ -5,7 +5,7 @@ The step is the one ``se4lip_features.training.train.train`` runs (same sampler,
 gradient clipping; keep them in step if train.py changes), timed part by part after a warm-up:
 
 - sample  ``WindowSampler.batch``: lip crops from the memory-mapped dataset, audio, gain, mirroring
-- stft    ``speech_specs``: the log-STFT speech windows
+- stft    ``Batch.speech_windows``: the log-STFT speech windows
 - forward both encoders and the losses; backward; optimiser (clipping + AdamW)
 
 FLOPs of one step come from ``torch.utils.flop_counter`` (matmuls and convolutions, forward and
@@ -34,9 +34,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from se4lip_features import weights
-from se4lip_features.model import ModelConfig, SE4Lip, pair_losses
+from se4lip_features.model import ModelConfig, SE4Lip
 from se4lip_features.training.data import PreparedData
-from se4lip_features.training.train import TrainConfig, WindowSampler, speech_specs
+from se4lip_features.training.train import TrainConfig, WindowSampler
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("sample", "stft", "forward", "backward", "optimiser")
@@ -75,20 +75,17 @@ class Step:
 
     def batch(self, rng):
         t0 = time.perf_counter()
-        lips, wavs, (lip_f, sp_f, lip_c, sp_c) = self.sampler.batch(rng)
+        batch = self.sampler.batch(rng)
         t1 = time.perf_counter()
-        frames = [sp_f[sp_c == b] for b in range(len(wavs))]
-        spec = speech_specs(wavs, frames, self.data.fps, self.model.config.n_stft_frames)
+        spec = batch.speech_windows(self.data.fps, self.model.config.n_stft_frames)
         t2 = time.perf_counter()
-        return (lips, spec, lip_f, sp_f, lip_c, sp_c), {"sample": t1 - t0, "stft": t2 - t1}
+        return (batch, spec), {"sample": t1 - t0, "stft": t2 - t1}
 
-    def loss(self, batch, bf16: bool):
-        lips, spec, lip_f, sp_f, lip_c, sp_c = batch
+    def loss(self, batch_spec, bf16: bool):
+        batch, spec = batch_spec
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            sim = self.model(spec, lips).float()
-        offset = torch.from_numpy(sp_f[None, :] - lip_f[:, None])
-        same = torch.from_numpy(lip_c[:, None] == sp_c[None, :])
-        bce, nce = pair_losses(sim, offset, same, self.cfg.min_negative_offset, self.cfg.temperature)
+            bce, nce = self.model(spec, batch.lips, batch.targets(), self.cfg.min_negative_offset,
+                                  self.cfg.temperature)
         return bce + self.cfg.nce_weight * nce
 
     def run(self, rng, bf16: bool) -> dict:
@@ -117,7 +114,7 @@ class Step:
 def step_flops(step: Step, rng) -> dict:
     """Matmul and convolution FLOPs of one step (forward + backward), in all and per encoder."""
     batch, _ = step.batch(rng)
-    lips, spec = batch[0], batch[1]
+    lips, spec = batch[0].lips, batch[1]
     counts = {}
     for name, run in (("total", lambda: step.loss(batch, bf16=False)), ("speech", lambda: step.model.speech(spec)),
                       ("lips", lambda: step.model.lips(lips))):
@@ -211,7 +208,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(max(args.threads))
     profile = sampling_profile(Step(fresh_model(), data, sampler, cfg), rng)
-    print("\nprofile of 10 batch samplings (WindowSampler.batch + speech_specs):\n" + profile, flush=True)
+    print("\nprofile of 10 batch samplings (WindowSampler.batch + Batch.speech_windows):\n" + profile, flush=True)
 
     step = Step(fresh_model(), data, sampler, cfg)
     batch, _ = step.batch(np.random.default_rng(1))

@@ -245,12 +245,17 @@ class SE4Lip(nn.Module):
         """(batch, 15, H, W) -> L2-normalised (batch, embed_dim)."""
         return F.normalize(self.lips(lips), dim=-1)
 
-    def forward(self, spec: torch.Tensor, lips: torch.Tensor) -> torch.Tensor:
-        """Cosine similarities (n_lip, n_speech) of every lip window with every speech window.
+    def forward(self, spec: torch.Tensor, lips: torch.Tensor, targets: tuple | None = None,
+                min_negative_offset: int = 2, temperature: float = 0.07):
+        """Cosine similarities (n_lip, n_speech) of every lip window with every speech window; given the pairs'
+        ``targets`` (offset, same_clip), their training losses (bce, nce) instead (see :func:`pair_losses`).
 
         spec : (n_speech, n_stft_frames, 257); lips : (n_lip, 15, H, W)
         """
-        return self.encode_lips(lips) @ self.encode_speech(spec).T
+        sim = self.encode_lips(lips) @ self.encode_speech(spec).T
+        if targets is None:
+            return sim
+        return pair_losses(sim.float(), *targets, min_negative_offset, temperature)
 
 
 # ------------------------------------------------------------------------------------------------- losses

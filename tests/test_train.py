@@ -15,7 +15,7 @@ from se4lip_features import evaluate, weights
 from se4lip_features.model import ModelConfig, SE4Lip, SpeechEncoder, cosine_bce, pair_losses
 from se4lip_features.training import data
 from se4lip_features.training.data import PreparedData
-from se4lip_features.training.train import TrainConfig, WindowSampler, speech_specs, train
+from se4lip_features.training.train import TrainConfig, WindowSampler, train
 
 TINY_TRAIN = TrainConfig(steps=4, clips_per_batch=2, lip_span=4, speech_margin=3, warmup_steps=1, val_clips=2,
                    val_every=2, ckpt_every_s=0.0, bf16=False)
@@ -46,13 +46,15 @@ def test_pair_losses_ignore_near_offsets():
 def test_sampler_pairs_lips_with_their_own_speech(dataset):
     data = PreparedData(dataset)
     sampler = WindowSampler([(data, c) for c in data.clips], TINY_TRAIN, TINY_MODEL)
-    lips, wavs, (lip_f, sp_f, lip_c, sp_c) = sampler.batch(np.random.default_rng(0))
-    assert lips.shape == (8, 15, 48, 96) and 0 <= lips.min() and lips.max() <= 1
-    assert len(sp_f) == 2 * (4 + 2 * 3) and len(wavs) == 2
+    batch = sampler.batch(np.random.default_rng(0))
+    assert batch.lips.shape == (8, 15, 48, 96) and 0 <= batch.lips.min() and batch.lips.max() <= 1
+    assert len(batch.speech_frame) == 2 * (4 + 2 * 3) and len(batch.wavs) == 2
     for b in range(2):  # each clip's speech windows span its lip windows +-3 frames
-        assert sp_f[sp_c == b].min() == lip_f[lip_c == b].min() - 3
-    spec = speech_specs(wavs, [sp_f[sp_c == b] for b in range(2)], 25.0, TINY_MODEL.n_stft_frames)
-    assert spec.shape == (20, 25, 257)
+        assert batch.speech_frame[batch.speech_clip == b].min() == batch.lip_frame[batch.lip_clip == b].min() - 3
+    assert batch.speech_windows(25.0, TINY_MODEL.n_stft_frames).shape == (20, 25, 257)
+    offset, same = batch.targets()
+    assert offset.shape == same.shape == (8, 20) and same.sum() == 2 * 4 * 10
+    assert (offset[same] == 0).sum() == 8  # each lip window has exactly one aligned speech window
 
 
 def _fixed_batches_loss(model, data, cfg):
@@ -60,13 +62,10 @@ def _fixed_batches_loss(model, data, cfg):
     sampler = WindowSampler([(data, c) for c in data.clips], cfg, model.config)
     losses = []
     for seed in range(4):
-        lips, wavs, (lip_f, sp_f, lip_c, sp_c) = sampler.batch(np.random.default_rng(100 + seed))
-        spec = speech_specs(wavs, [sp_f[sp_c == b] for b in range(len(wavs))], data.fps, model.config.n_stft_frames)
+        batch = sampler.batch(np.random.default_rng(100 + seed))
         with torch.no_grad():
-            sim = model.train()(spec, lips)
-        bce, nce = pair_losses(sim, torch.from_numpy(sp_f[None] - lip_f[:, None]),
-                               torch.from_numpy(lip_c[:, None] == sp_c[None]), cfg.min_negative_offset,
-                               cfg.temperature)
+            bce, nce = model.train()(batch.speech_windows(data.fps, model.config.n_stft_frames), batch.lips,
+                                     batch.targets(), cfg.min_negative_offset, cfg.temperature)
         losses.append(float(bce + cfg.nce_weight * nce))
     return np.mean(losses)
 

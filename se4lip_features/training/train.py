@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from .. import atomic, audio, evaluate, weights
-from ..model import ModelConfig, SE4Lip, pair_losses
+from ..model import ModelConfig, SE4Lip
 from .data import Clip, PreparedData
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,37 @@ class TrainConfig:
     seed: int = 0
 
 
+@dataclass
+class Batch:
+    """One training step's windows: runs of lip windows and, per clip, the speech windows around them.
+
+    ``lip_frame``/``speech_frame`` are the windows' centre frames in their clip, ``lip_clip``/``speech_clip``
+    the clip each belongs to (0..B-1); together they say which lip/speech pairs match (:meth:`targets`).
+    """
+
+    lips: torch.Tensor  # (B*K, 15, H, W) float in [0, 1], frames oldest first
+    wavs: list  # per clip, its augmented 16 kHz audio (torch float32)
+    lip_frame: np.ndarray  # (B*K,)
+    speech_frame: np.ndarray  # (B*S,)
+    lip_clip: np.ndarray  # (B*K,)
+    speech_clip: np.ndarray  # (B*S,)
+
+    def speech_windows(self, fps: float, n_stft: int) -> torch.Tensor:
+        """Log-STFT speech windows (B*S, n_stft, 257), clip by clip."""
+        return torch.cat([audio.speech_windows(wav, _centre_samples(self.speech_frame[self.speech_clip == b], fps),
+                                               n_stft) for b, wav in enumerate(self.wavs)])
+
+    def targets(self, device=None) -> tuple:
+        """offset (B*K, B*S): speech minus lip frame; same (B*K, B*S): whether the pair is from one clip."""
+        offset = torch.from_numpy(self.speech_frame[None, :] - self.lip_frame[:, None]).to(device)
+        same = torch.from_numpy(self.lip_clip[:, None] == self.speech_clip[None, :]).to(device)
+        return offset, same
+
+
+def _centre_samples(frames: np.ndarray, fps: float) -> torch.Tensor:
+    return torch.from_numpy(np.round(np.asarray(frames) / fps * audio.SAMPLE_RATE).astype(np.int64))
+
+
 class WindowSampler:
     """Draws, per clip, a run of consecutive lip windows and the speech windows around them."""
 
@@ -66,8 +97,8 @@ class WindowSampler:
             raise ValueError("no clip has a run of valid, voiced lip windows to train on")
         self.usable = np.asarray(usable)
 
-    def batch(self, rng: np.random.Generator):
-        """Returns lips (B*K, 15, H, W) float, spec (B*S, n_stft, 257), lip_frame/speech_frame/clip indices."""
+    def batch(self, rng: np.random.Generator) -> Batch:
+        """The next step's :class:`Batch`: ``clips_per_batch`` clips, ``lip_span`` lip windows from each."""
         cfg, half = self.cfg, self.half
         picks = rng.choice(self.usable, size=cfg.clips_per_batch, replace=len(self.usable) < cfg.clips_per_batch)
         lips, wavs, lip_idx, sp_idx, lip_clip, sp_clip = [], [], [], [], [], []
@@ -85,7 +116,7 @@ class WindowSampler:
             lip_clip.append(np.full(cfg.lip_span, b))
             sp_clip.append(np.full(len(sp_idx[-1]), b))
         lips = torch.cat(lips).flatten(1, 2).float() / 255.0  # (B*K, 15, H, W), frames oldest first
-        return lips, wavs, [np.concatenate(x) for x in (lip_idx, sp_idx, lip_clip, sp_clip)]
+        return Batch(lips, wavs, *(np.concatenate(x) for x in (lip_idx, sp_idx, lip_clip, sp_clip)))
 
 
 def _augment(wav: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
@@ -103,15 +134,6 @@ def _voiced_frames(wav: np.ndarray, n_frames: int, fps: float, floor_db: float =
     edges = np.round(np.arange(n_frames + 1) * step).astype(int)
     rms = np.array([np.sqrt(np.mean(wav[a:b] ** 2) + 1e-12) for a, b in zip(edges[:-1], edges[1:])])
     return 20 * np.log10(rms / rms.max()) > floor_db
-
-
-def speech_specs(wavs, frames_per_clip, fps, n_stft):
-    """Log-STFT windows centred on the given frames of each clip: (sum of frames, n_stft, 257)."""
-    out = []
-    for wav, frames in zip(wavs, frames_per_clip):
-        centres = torch.from_numpy(np.round(np.asarray(frames) / fps * audio.SAMPLE_RATE).astype(np.int64))
-        out.append(audio.speech_windows(wav, centres, n_stft))
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -241,14 +263,11 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
     while step < end:
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
-        lips, wavs, (lip_f, sp_f, lip_c, sp_c) = sampler.batch(rng)
-        frames_per_clip = [sp_f[sp_c == b] for b in range(len(wavs))]
-        spec = speech_specs(wavs, frames_per_clip, data.fps, model_cfg.n_stft_frames).to(device)
+        batch = sampler.batch(rng)
+        spec = batch.speech_windows(data.fps, model_cfg.n_stft_frames).to(device)
         with autocast:
-            sim = net(spec, lips.to(device)).float()  # (B*K, B*S)
-        offset = torch.from_numpy(sp_f[None, :] - lip_f[:, None]).to(device)
-        same = torch.from_numpy(lip_c[:, None] == sp_c[None, :]).to(device)
-        bce, nce = pair_losses(sim, offset, same, cfg.min_negative_offset, cfg.temperature)
+            bce, nce = net(spec, batch.lips.to(device), batch.targets(device), cfg.min_negative_offset,
+                           cfg.temperature)
         loss = bce + cfg.nce_weight * nce
         opt.zero_grad(set_to_none=True)
         loss.backward()  # DistributedDataParallel averages the gradients across processes here
