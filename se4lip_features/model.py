@@ -120,8 +120,27 @@ class SpeechEncoder(nn.Module):
             x = x - (x * self.spec_std + self.spec_mean).mean(dim=(1, 2), keepdim=True) / self.spec_std
         if self.cnn is not None:
             return self.cnn(x)
-        out, _ = self.gru(x)  # (batch, n_stft_frames, gru_hidden)
-        return self.proj(out[:, -1])
+        return self.finish(self.advance(x))
+
+    def advance(self, x: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        """Step-wise inference of the GRU: windows' states after reading more of their frames.
+
+        Parameters
+        ----------
+        x : (batch, n_new, n_in) standardised features of each window's next frames
+        state : (gru_layers, batch, gru_hidden) the states after the frames read so far; None before the first
+
+        Returns
+        -------
+        (gru_layers, batch, gru_hidden) states; :meth:`finish` of a window's state after its last frame is its
+        embedding, whatever pieces its frames were read in
+        """
+        _, state = self.gru(x, state)
+        return state
+
+    def finish(self, state: torch.Tensor) -> torch.Tensor:
+        """(gru_layers, batch, gru_hidden) states after whole windows -> (batch, embed_dim), not normalised."""
+        return self.proj(state[-1])
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         """(batch, n_stft_frames, 257) log-magnitude -> (batch, embed_dim), not normalised."""

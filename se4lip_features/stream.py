@@ -16,10 +16,10 @@ class ProgressiveFrames(FrameStream):
 
     A 200 ms window is 25 STFT frames 8 ms apart; the GRU reads them in order, so each window's GRU is
     advanced over the frames that are complete at every push. At 25 fps about eleven windows are under
-    way at once: a 40 ms push advances each by about five steps, one batched GRU run of 5 x 8 cells
-    instead of the 25 x 8 cells of two whole windows, and when a frame's last window completes only its
-    last steps remain to be computed. The arithmetic is the model's (same STFT frames, same GRU
-    equations), so the embeddings equal those of whole windows to float rounding.
+    way at once: a 40 ms push advances each by about five steps (the speech encoder's own step-wise
+    inference, :meth:`SpeechEncoder.advance`, from the state each window reached), instead of the 25 steps
+    of two whole windows, and when a frame's last window completes only its last steps remain to be
+    computed. The embeddings equal those of whole windows to float rounding.
 
     It runs in fp32 whatever the extractor's ``precision``: with a dozen rows per matmul, oneDNN's bf16
     path (which converts the weights at every call) is no faster than fp32 here.
@@ -27,17 +27,8 @@ class ProgressiveFrames(FrameStream):
 
     def __init__(self, extractor: Extractor, fps: float, layout: str, batch_size: int = DEFAULT_BATCH):
         super().__init__(extractor, fps, layout, batch_size)
-        speech = extractor.speech  # the encoder extraction runs (for the GRU, the model's own)
+        self.speech = extractor.speech  # the encoder extraction runs (for the GRU, the model's own)
         self.n_stft = extractor.config.n_stft_frames
-        self.inputs = speech.inputs
-        gru = speech.gru
-        # (in, 3H) and (H, 3H) copies: with a few rows per matmul, a contiguous right-hand side is faster
-        self.layers = [(getattr(gru, f"weight_ih_l{k}").detach().t().contiguous(),
-                        getattr(gru, f"weight_hh_l{k}").detach().t().contiguous(),
-                        getattr(gru, f"bias_ih_l{k}").detach(), getattr(gru, f"bias_hh_l{k}").detach())
-                       for k in range(gru.num_layers)]
-        self.hidden = gru.hidden_size
-        self.proj = speech.proj
 
     def reset(self) -> None:
         super().reset()
@@ -75,41 +66,25 @@ class ProgressiveFrames(FrameStream):
                 self.done[rows] = ready[rows]
             finished = int(np.argmin(np.append(self.done, 0) == self.n_stft))  # windows finish in order
             if finished:
-                emb = F.normalize(self.proj(self.h[-1, :finished]), dim=-1) * self.extractor.scale
+                emb = F.normalize(self.speech.finish(self.h[:, :finished]), dim=-1) * self.extractor.scale
                 self.emb = torch.cat([self.emb, emb])
                 self.h, self.done = self.h[:, finished:], self.done[finished:]
 
     def _advance(self, rows: np.ndarray, starts: np.ndarray, done: np.ndarray, new: np.ndarray) -> None:
-        """Run the GRU of windows ``rows`` over their next ``new`` STFT frames (from frame ``done`` on)."""
-        steps = int(new.max())
-        k = done[:, None] + np.minimum(np.arange(steps)[None, :], new[:, None] - 1)  # (B, T) frame numbers
-        # Windows 2 / (2 fps) apart share their STFT frames when that is a whole number of hops (25 fps: 5
-        # hops); each distinct frame, and the first layer's input projection of it, is computed once.
-        frame_starts, which = np.unique(starts[:, None] + k * audio.HOP_LENGTH - self.offset, return_inverse=True)
+        """Advance the GRU states of windows ``rows`` over their next ``new`` STFT frames (from frame ``done`` on).
+
+        Windows with as many new frames run as one batch. Windows 2 / (2 fps) apart share their STFT frames
+        when that is a whole number of hops (25 fps: 5 hops): each distinct frame is computed once.
+        """
         device = self.h.device
-        frames = audio.log_stft_frames(torch.from_numpy(self.samples).to(device), torch.from_numpy(frame_starts))
-        x = self.inputs(frames)  # (n_distinct, F)
-        which = torch.from_numpy(which.reshape(-1)).to(device)  # (B * T,) rows of x
-        index = torch.from_numpy(rows).to(device)
-        h_all = self.h[:, index]  # (layers, B, H)
-        H = self.hidden
-        # Every window runs ``steps`` steps; past its own ``new`` ones it re-reads its last frame, and those
-        # extra states are dropped: each layer keeps the state of the window's last real step.
-        last = (torch.arange(len(rows), device=device), torch.from_numpy(new - 1).to(device))
-        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
-            gi = torch.addmm(b_ih, x, w_ih)
-            gi = (gi[which] if layer == 0 else gi).view(len(rows), steps, 3 * H)
-            gi_rz, gi_n = gi[..., : 2 * H], gi[..., 2 * H:]
-            h, out = h_all[layer], []
-            for t in range(steps):  # torch's GRU cell, gates r, z, n: h' = n + z (h - n)
-                gh = torch.addmm(b_hh, h, w_hh)
-                rz = torch.add(gi_rz[:, t], gh[:, : 2 * H]).sigmoid_()
-                h = torch.lerp(torch.addcmul(gi_n[:, t], rz[:, :H], gh[:, 2 * H:]).tanh_(), h, rz[:, H:])
-                out.append(h)
-            x = torch.stack(out, dim=1)  # (B, T, H)
-            h_all[layer] = x[last]
-            x = x.view(-1, H)
-        self.h[:, index] = h_all
+        for n in np.unique(new):
+            group = new == n
+            frame_starts = starts[group][:, None] + (done[group][:, None] + np.arange(n)) * audio.HOP_LENGTH
+            distinct, which = np.unique(frame_starts - self.offset, return_inverse=True)
+            frames = audio.log_stft_frames(torch.from_numpy(self.samples).to(device), torch.from_numpy(distinct))
+            x = self.speech.inputs(frames)[torch.from_numpy(which.reshape(-1)).to(device)]
+            index = torch.from_numpy(rows[group]).to(device)
+            self.h[:, index] = self.speech.advance(x.view(len(index), n, -1), self.h[:, index].contiguous())
 
 
 class StreamingExtractor:
