@@ -48,23 +48,22 @@ def test_pca_of_a_rank_one_set():
     v = np.array([3.0, 4.0, 0.0]) / 5.0
     s = np.linspace(-2, 2, 9)
     x = s[:, None] * v[None, :] + np.array([1.0, -1.0, 7.0])
-    scores, explained, comps = visemes.pca(x, 2)
+    scores, explained = visemes.pca(x, 2)
     assert explained[0] == pytest.approx(1.0)
     assert explained[1] == pytest.approx(0.0, abs=1e-12)
-    assert abs(comps[0] @ v) == pytest.approx(1.0)
     np.testing.assert_allclose(np.abs(scores[:, 0]), np.abs(s), atol=1e-12)
 
 
 def test_tsne_keeps_separate_clusters_apart():
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.normal(0, 1, (20, 10)), rng.normal(0, 1, (20, 10)) + 8.0])
-    y = visemes.tsne(x, n_iter=400, seed=0)
+    y = visemes.tsne(x, seed=0)
     assert y.shape == (40, 2) and np.isfinite(y).all()
     d = np.linalg.norm(y[:, None] - y[None], axis=-1)
     np.fill_diagonal(d, np.inf)
     labels = np.repeat([0, 1], 20)
     assert (labels[d.argmin(axis=1)] == labels).all()
-    np.testing.assert_array_equal(visemes.tsne(x, n_iter=50, seed=3), visemes.tsne(x, n_iter=50, seed=3))
+    np.testing.assert_array_equal(visemes.tsne(x, seed=3), visemes.tsne(x, seed=3))  # seeded: reproducible
 
 
 def test_letter_anchors_from_crlf_alignments(tmp_path):

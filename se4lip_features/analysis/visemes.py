@@ -161,80 +161,33 @@ def ambiguity(x: np.ndarray, labels: np.ndarray, n_perm: int = 200, seed: int = 
             "counts": {letter: int((labels == letter).sum()) for letter in LETTERS}}
 
 
-def pca(x: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Principal components by SVD of the centred data.
+def pca(x: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Principal components (scikit-learn).
 
     Returns
     -------
-    scores : (n, k) coordinates; explained : (k,) fraction of the variance of each component;
-    components : (k, D) unit directions
+    scores : (n, k) coordinates; explained : (k,) fraction of the variance of each component
     """
-    x = np.asarray(x, np.float64)
-    xc = x - x.mean(axis=0)
-    u, s, vt = np.linalg.svd(xc, full_matrices=False)
-    total = float((s**2).sum())
-    explained = s[:k] ** 2 / total if total > 0 else np.zeros(min(k, len(s)))
-    return u[:, :k] * s[:k], explained, vt[:k]
+    from sklearn.decomposition import PCA
+
+    fitted = PCA(n_components=k).fit(np.asarray(x, np.float64))
+    return fitted.transform(np.asarray(x, np.float64)), fitted.explained_variance_ratio_
 
 
-def _affinities(x: np.ndarray, perplexity: float, tol: float = 1e-5, max_iter: int = 100) -> np.ndarray:
-    """Symmetric t-SNE input affinities P (n, n): Gaussian kernels whose entropy matches the perplexity."""
-    n = len(x)
-    sq = (x**2).sum(axis=1)
-    dist = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
-    target = np.log(perplexity)
-    p = np.zeros((n, n))
-    for i in range(n):
-        d = np.delete(dist[i], i)
-        lo, hi, beta = 0.0, np.inf, 1.0 / max(np.median(d), 1e-12)
-        for _ in range(max_iter):
-            w = np.exp(-(d - d.min()) * beta)
-            pi = w / w.sum()
-            entropy = -(pi * np.log(np.maximum(pi, 1e-300))).sum()
-            if abs(entropy - target) < tol:
-                break
-            if entropy > target:  # too flat: narrower kernel
-                lo, beta = beta, beta * 2 if hi == np.inf else (beta + hi) / 2
-            else:
-                hi, beta = beta, (beta + lo) / 2
-        p[i, np.arange(n) != i] = pi
-    return np.maximum((p + p.T) / (2 * n), 1e-12)
-
-
-def tsne(x: np.ndarray, perplexity: float = 30.0, n_iter: int = 1000, seed: int = 0) -> np.ndarray:
-    """Exact t-SNE to 2-D (van der Maaten & Hinton 2008), for a few hundred points.
-
-    The data are first reduced to at most 50 principal components; perplexity is capped at (n - 1) / 3.
-    Early exaggeration 12 for 250 iterations, momentum 0.5 then 0.8, learning rate max(n / 48, 50), and
-    the usual per-parameter gains.
+def tsne(x: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
+    """t-SNE to 2-D (scikit-learn's, initialised by PCA), perplexity capped at (n - 1) / 3 for small sets.
 
     Returns
     -------
     np.ndarray float64 (n, 2)
     """
-    x = np.asarray(x, np.float64)
+    from sklearn.manifold import TSNE
+
     n = len(x)
     if n < 4:
         raise ValueError(f"t-SNE needs at least 4 points, got {n}")
-    x = pca(x, min(50, x.shape[1], n))[0]
-    p = _affinities(x, min(perplexity, (n - 1) / 3))
-    rng = np.random.default_rng(seed)
-    y = rng.normal(0.0, 1e-4, (n, 2))
-    step, gains = np.zeros_like(y), np.ones_like(y)
-    lr, exaggeration = max(n / 48.0, 50.0), 12.0
-    for it in range(n_iter):
-        sq = (y**2).sum(axis=1)
-        num = 1.0 / (1.0 + np.maximum(sq[:, None] + sq[None, :] - 2 * y @ y.T, 0.0))
-        np.fill_diagonal(num, 0.0)
-        q = np.maximum(num / num.sum(), 1e-12)
-        pm = p * exaggeration if it < 250 else p
-        w = (pm - q) * num
-        grad = 4.0 * (w.sum(axis=1)[:, None] * y - w @ y)
-        gains = np.where(np.sign(grad) != np.sign(step), gains + 0.2, gains * 0.8).clip(0.01)
-        step = (0.5 if it < 250 else 0.8) * step - lr * gains * grad
-        y = y + step
-        y -= y.mean(axis=0)
-    return y
+    return TSNE(n_components=2, perplexity=min(perplexity, (n - 1) / 3), init="pca",
+                random_state=seed).fit_transform(np.asarray(x, np.float64))
 
 
 def plot_pair(views: dict, path: str | Path, pair: tuple[str, str] = ("d", "t"), seed: int = 0) -> None:
