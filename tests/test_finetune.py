@@ -85,3 +85,22 @@ def test_finetune_command_checks_arguments_first(tmp_path, tiny_weights, capsys)
         assert cli.finetune_main(argv) == 1
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_console_script_and_old_environments(tmp_path, capfd, monkeypatch):
+    import shutil
+    import subprocess
+
+    import torch
+
+    from se4lip_features import cli
+
+    script = shutil.which("se4lip-finetune")
+    assert script, "se4lip-finetune is not on PATH: pip install -e ."
+    done = subprocess.run([script, str(tmp_path), "-o", str(tmp_path / "x.pt")], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"se4lip-finetune: -o {tmp_path / 'x.pt'}: name a .safetensors file\n"
+    monkeypatch.setattr(torch, "__version__", "1.12.1")  # a renderer's environment
+    assert cli.finetune_main(["--help"]) == 1
+    assert capfd.readouterr().err.startswith("se4lip-finetune: needs Python >= 3.9 and torch >= 1.13")
