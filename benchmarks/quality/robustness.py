@@ -9,8 +9,11 @@ one line per weights; SNR conditions as points on the right).
 
     OMP_NUM_THREADS=1 python benchmarks/quality/robustness.py \
         --weights se4lip-grid-s1-melcnn-v1 se4lip-grid-s1-v1 --data /work/data/grid_s1 \
-        --split benchmarks/quality/heldout.json --max-clips 20 --snr 10 20 30 \
+        --split benchmarks/quality/heldout.json --max-clips 10 --snr 10 20 30 \
         --out benchmarks/results/robustness.json
+
+benchmarks/results/robustness.{json,png} come from that command (run with --out in /tmp, then copied; 2.7 min
+on one thread of a shared 2-core machine).
 """
 
 from __future__ import annotations
