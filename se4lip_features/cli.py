@@ -457,3 +457,81 @@ def _eval_lmd(args) -> int:
         logging.getLogger(__name__).info("wrote %s", path)
     print(probe.markdown_table(result))
     return 0
+
+
+# --------------------------------------------------------------------------------------------- finetune
+
+
+def finetune_parser() -> argparse.ArgumentParser:
+    from .training.finetune import MAX_STEPS, MIN_STEPS, STEPS_PER_MINUTE, FinetuneConfig
+
+    d = FinetuneConfig()
+    parser = argparse.ArgumentParser(
+        prog="se4lip-finetune",
+        description="Fine-tune SE4Lip weights on one person's talking-head video, holding out the end of the video "
+                    "and keeping the weights that sync it best.",
+        epilog=f"Steps: {STEPS_PER_MINUTE} per minute of training video, at least {MIN_STEPS}, at most {MAX_STEPS} "
+               "(unless --steps). The before/after held-out figures are printed and saved beside OUT as "
+               "<stem>.finetune.json.")
+    parser.add_argument("input", type=Path, metavar="INPUT",
+                        help="a renderer data folder (aud.wav + ori_imgs/<i>.jpg + <i>.lms), a talking-head video, "
+                             "or a dataset prepared by se4lip-prepare")
+    parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT.safetensors", help="weights to write")
+    parser.add_argument("--init", help=f"starting weights: name, .safetensors or hf:// (default: {weights.DEFAULT_NAME})")
+    parser.add_argument("--steps", type=_positive_int, help="training steps (default: from the video's length)")
+    parser.add_argument("--holdout", type=float, default=d.holdout,
+                        help="share of the video held out, at its end (default: %(default)s)")
+    parser.add_argument("--segment", type=_positive_float, default=d.segment_s,
+                        help="seconds per segment, the units of the split and of sync (default: %(default)s)")
+    parser.add_argument("--eval-every", type=_positive_int, default=d.eval_every, metavar="STEPS",
+                        help="steps between held-out evaluations (default: %(default)s)")
+    parser.add_argument("--patience", type=_positive_int, default=d.patience, metavar="EVALS",
+                        help="evaluations without improvement before stopping (default: %(default)s)")
+    parser.add_argument("--lr", type=_positive_float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=d.bf16,
+                        help="bf16 autocast (CPUs with AVX-512 BF16, and GPUs)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--work", type=Path,
+                        help="folder to keep the prepared data and the run in (default: a temporary folder)")
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite OUT and its report")
+    return parser
+
+
+def finetune_main(argv=None) -> int:
+    problem = tools_env_problem()
+    if problem:
+        return _fail("se4lip-finetune", problem)
+    from .training.finetune import FinetuneConfig, finetune, report_path
+
+    parser = finetune_parser()
+    args = parser.parse_args(argv)
+    prog = parser.prog
+    if args.out.suffix != ".safetensors":
+        return _fail(prog, f"-o {args.out}: name a .safetensors file")
+    for target in (args.out, report_path(args.out)):
+        if target.exists() and not args.force:
+            return _fail(prog, f"{target}: exists (use --force to replace it)")
+    if not args.input.exists():
+        return _fail(prog, f"{args.input}: no such file or folder")
+    try:
+        cfg = FinetuneConfig(steps=args.steps, holdout=args.holdout, segment_s=args.segment,
+                             eval_every=args.eval_every, patience=args.patience, lr=args.lr, bf16=args.bf16)
+        weights.resolve(args.init)
+    except (ValueError, weights.WeightsError) as err:
+        return _fail(prog, err)
+    _setup_logging()
+    try:
+        report = finetune(args.input, args.out, cfg, init=args.init, work=args.work, device=args.device)
+    except (OSError, ValueError, ImportError, weights.WeightsError) as err:
+        return _fail(prog, err)
+    rows = [("sync accuracy (|offset| <= 1)", "accuracy"), ("exact (offset = 0)", "exact_accuracy"),
+            ("mean confidence", "mean_confidence"), ("frame-level within 1", "frame_within1")]
+    s, st = report["split"], report["steps"]
+    print(f"{args.out}: {st['run']} of {st['planned']} steps, best at step {st['best']}"
+          f"{' (the starting weights)' if st['best'] == 0 else ''}; held out {s['held_out_segments']} segments "
+          f"({s['held_out_s']:.0f} s, {s['rule']})")
+    print(f"{'':32}{'before':>8}{'after':>8}")
+    for label, key in rows:
+        print(f"{label:32}{report['before'][key]:8.3f}{report['after'][key]:8.3f}")
+    print(f"report: {report_path(args.out)}")
+    return 0

@@ -161,6 +161,16 @@ def spectrogram_stats(items: list[tuple[PreparedData, Clip]], features, level_wi
     return mean.float(), std
 
 
+def validate(model, items: list[tuple[PreparedData, Clip]]) -> dict:
+    """Held-out sync figures (:func:`evaluate.sync_summary`) of ``model`` on the given clips; leaves its mode as it was."""
+    was_training = model.training
+    model.eval()
+    summary = evaluate.sync_summary([evaluate.clip_sync(model, d.clip_audio(c), d.clip_lips(c), d.clip_valid(c), d.fps)
+                                     for d, c in items])
+    model.train(was_training)
+    return summary
+
+
 def _lr(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -178,7 +188,8 @@ def _init_distributed():
 
 def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
           model_cfg: ModelConfig | None = None, *, init: str | None = None, resume: bool = False,
-          device: str | None = None, stop_at: int | None = None, progress: bool = True) -> dict:
+          device: str | None = None, stop_at: int | None = None, progress: bool = True,
+          splits: list | None = None, on_validation=None) -> dict:
     """Train (or fine-tune from ``init`` weights) and write ``out_dir/{ckpt.pt,final.safetensors,history.json}``.
 
     ``data_dirs`` is one prepared dataset or several (same fps and lip crops), each holding out
@@ -188,11 +199,18 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
     ``stop_at`` ends this run early at that step with a checkpoint (the schedule still spans ``cfg.steps``),
     so long trainings can be run in slices and resumed. Returns the history: per-step loss and
     per-validation sync accuracy.
+
+    ``splits`` replaces the random hold-out with given (train clips, held-out clips) per dataset (e.g. the
+    end of a video's timeline: :func:`se4lip_features.training.finetune.tail_split`).
+    ``on_validation(step, summary, model)`` is called after each validation with the held-out
+    :func:`evaluate.sync_summary`; returning True ends the run there (early stopping, with a checkpoint).
     """
     from tqdm import tqdm
 
     cfg, model_cfg = cfg or TrainConfig(), model_cfg or ModelConfig()
     rank, world = _init_distributed()
+    if on_validation is not None and world > 1:
+        raise ValueError("on_validation (early stopping) runs in one process only")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -206,7 +224,7 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
         for key in ("fps", "lip_height", "lip_width", "lip_crop_scale"):
             if other.meta[key] != data.meta[key]:
                 raise ValueError(f"{d}: {key} {other.meta[key]} differs from {data_dirs[0]}'s {data.meta[key]}")
-    splits = [d.split(cfg.val_clips, seed=cfg.seed) for d in datasets]
+    splits = splits or [d.split(cfg.val_clips, seed=cfg.seed) for d in datasets]
     train_items = [(d, c) for d, (clips, _) in zip(datasets, splits) for c in clips]
     val_items = [(d, c) for d, (_, clips) in zip(datasets, splits) for c in clips]
     (out_dir / "split.json").write_text(json.dumps({"val": [c.id for _, c in val_items]}, indent=0))
@@ -231,7 +249,7 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng([cfg.seed, rank])
     history = {"step": [], "loss": [], "bce": [], "nce": [], "val_step": [], "val_acc": [], "val_exact": [],
-               "wall_s": 0.0}
+               "val_conf": [], "wall_s": 0.0}
     step = 0
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -285,16 +303,15 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
         bar.update()
         if step % cfg.val_every == 0 or step == cfg.steps:
             if rank == 0:
-                model.eval()
-                summary = evaluate.sync_summary([evaluate.clip_sync(model, d.clip_audio(c), d.clip_lips(c),
-                                                                    d.clip_valid(c), d.fps)
-                                                 for d, c in val_items])
-                model.train()
+                summary = validate(model, val_items)
                 history["val_step"].append(step)
                 history["val_acc"].append(summary["accuracy"])
                 history["val_exact"].append(summary["exact_accuracy"])
+                history.setdefault("val_conf", []).append(summary["mean_confidence"])
                 log.info("step %d: val sync accuracy %.3f (exact %.3f)", step, summary["accuracy"],
                          summary["exact_accuracy"])
+                if on_validation is not None and on_validation(step, summary, model):
+                    end = step  # early stop: checkpoint below, then leave the loop
             if world > 1:
                 dist.barrier()
         if time.time() - last_save > cfg.ckpt_every_s or step == end:

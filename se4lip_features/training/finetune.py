@@ -1,0 +1,191 @@
+"""Per-identity fine-tuning: one talking-head video, the end of its timeline held out, early stopping on its sync."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import atomic, weights
+from .data import PreparedData, prepare_renderer_folder, prepare_videos
+from .train import TrainConfig, train, validate
+
+log = logging.getLogger(__name__)
+
+STEPS_PER_MINUTE = 100  # training steps per minute of the video's training part ...
+MIN_STEPS, MAX_STEPS = 100, 1000  # ... within these bounds
+
+
+def steps_for(train_seconds: float) -> int:
+    """The step rule: 100 steps per minute of training video (8 clips a step: each 2 s segment is seen ~13
+    times a minute of video), at least 100 and at most 1000 (a 10-minute video reaches the cap)."""
+    return int(min(MAX_STEPS, max(MIN_STEPS, round(STEPS_PER_MINUTE * train_seconds / 60))))
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How one identity is fine-tuned; the rest of the recipe is :class:`TrainConfig`'s."""
+
+    steps: int | None = None  # None: steps_for(seconds of training video)
+    holdout: float = 0.3  # share of the timeline held out, at its end
+    segment_s: float = 2.0  # the video is cut into segments of this length: the units of the split and of sync
+    eval_every: int = 25  # steps between held-out evaluations
+    patience: int = 4  # evaluations without improvement before stopping
+    lr: float = 1e-4
+    warmup_steps: int = 20
+    clips_per_batch: int = 8
+    lip_span: int = 8  # as TrainConfig's
+    speech_margin: int = 8
+    bf16: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"holdout must be between 0 and 1, got {self.holdout}")
+        if self.segment_s <= 0:
+            raise ValueError(f"segment_s must be positive, got {self.segment_s}")
+        for name in ("eval_every", "patience", "clips_per_batch", "lip_span"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+
+
+def tail_split(data: PreparedData, holdout: float):
+    """(training clips, held-out clips): the clips of the last ``holdout`` of the timeline are held out.
+
+    Clips are in the order they were prepared (a video's segments in time order); a clip is held out when it
+    starts at or after the point ``1 - holdout`` of the way through the frames. Never random: neighbouring
+    segments of one video share too much to test each other.
+    """
+    total = sum(c.n_frames for c in data.clips)
+    cut = (1 - holdout) * total
+    train_clips = [c for c in data.clips if c.frame_start < cut]
+    held = [c for c in data.clips if c.frame_start >= cut]
+    if not train_clips or not held:
+        raise ValueError(f"{data.root}: {len(data.clips)} segment(s) of {total} frames cannot be split into "
+                         f"the first {1 - holdout:.0%} and the last {holdout:.0%}; give a longer video or "
+                         "shorter segments")
+    return train_clips, held
+
+
+def prepare(source: Path, out: Path, model_cfg, segment_s: float, detector=None, progress: bool = True) -> Path:
+    """The prepared dataset of ``source``: a prepared folder as it is, a renderer data folder or a video."""
+    source = Path(source)
+    crops = {"fps": model_cfg.fps, "height": model_cfg.lip_height, "width": model_cfg.lip_width,
+             "scale": model_cfg.lip_crop_scale, "segment_s": segment_s}
+    if (source / "meta.json").is_file():
+        return source
+    if (source / "aud.wav").is_file() and (source / "ori_imgs").is_dir():
+        prepare_renderer_folder(source, out, **crops)
+    elif source.is_file():
+        prepare_videos([source], out, detector=detector, progress=progress, **crops)
+    else:
+        raise FileNotFoundError(f"{source}: not a video, a renderer data folder (aud.wav + ori_imgs/) or a "
+                                "prepared dataset (meta.json)")
+    return out
+
+
+def _has_window(valid, frames: int) -> bool:
+    """Whether a clip has ``frames`` consecutive valid frames: a lip window clip_sync can score."""
+    return len(valid) >= frames and bool((np.convolve(valid.astype(int), np.ones(frames, int), "valid") == frames).any())
+
+
+def _score(summary: dict) -> tuple[float, float]:
+    """What early stopping maximises: held-out sync accuracy, ties broken by the mean confidence."""
+    return summary["accuracy"], summary["mean_confidence"]
+
+
+def finetune(source, out, cfg: FinetuneConfig | None = None, *, init: str | None = None, work=None,
+             device: str | None = None, detector=None, progress: bool = True) -> dict:
+    """Fine-tune weights on one identity's video and write the best of them (by held-out sync) to ``out``.
+
+    Parameters
+    ----------
+    source : a talking-head video, a renderer data folder (aud.wav + ori_imgs/<i>.jpg + <i>.lms) or a
+        prepared dataset folder
+    out : the .safetensors to write (atomically); the report goes beside it as ``<stem>.finetune.json``
+    init : the starting weights (default: the default weights)
+    work : folder for the prepared data and the training run (default: a temporary folder beside ``out``,
+        removed at the end)
+    detector : face landmark detector for videos (default: mediapipe's; see ``prepare_videos``)
+
+    Returns
+    -------
+    dict: the report (before/after held-out sync figures, steps, times, the split) as written to the JSON
+    """
+    cfg = cfg or FinetuneConfig()
+    out = Path(out)
+    t0 = time.perf_counter()
+    start, info = weights.load(init)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-finetune-") as tmp:
+        folder = Path(work) if work is not None else Path(tmp)
+        data_dir = prepare(source, folder / "data", start.config, cfg.segment_s, detector, progress)
+        prepare_s = time.perf_counter() - t0
+        data = PreparedData(data_dir)
+        train_clips, held = tail_split(data, cfg.holdout)
+        train_s = sum(c.n_frames for c in train_clips) / data.fps
+        steps = cfg.steps or steps_for(train_s)
+        half = start.config.window_frames // 2
+        val_items = [(data, c) for c in held if _has_window(data.clip_valid(c), 2 * half + 1)]
+        if not val_items:
+            raise ValueError(f"{source}: no held-out segment has a {2 * half + 1}-frame run of frames with a face")
+        before = validate(start, val_items)
+        log.info("before: held-out sync accuracy %.3f, confidence %.3f", before["accuracy"],
+                 before["mean_confidence"])
+
+        best = {"score": _score(before), "step": 0, "state": None}
+
+        def on_validation(step, summary, model):
+            if _score(summary) > best["score"]:
+                best.update(score=_score(summary), step=step, state=copy.deepcopy(model.state_dict()))
+            return (step - best["step"]) // cfg.eval_every >= cfg.patience
+
+        recipe = TrainConfig(steps=steps, clips_per_batch=cfg.clips_per_batch, lip_span=cfg.lip_span,
+                             speech_margin=cfg.speech_margin, lr=cfg.lr,
+                             warmup_steps=min(cfg.warmup_steps, steps), bf16=cfg.bf16,
+                             val_every=cfg.eval_every, ckpt_every_s=1e9, seed=cfg.seed)  # one checkpoint, at the end
+        t1 = time.perf_counter()
+        history = train(data_dir, folder / "run", recipe, init=info["path"], device=device, progress=progress,
+                        splits=[(train_clips, held)], on_validation=on_validation)
+        fit_s = time.perf_counter() - t1
+        model = start
+        if best["state"] is not None:
+            model.load_state_dict(best["state"])
+        model.cpu().eval()
+        meta = {"init": info["name"], "init_sha256": info["sha256"], "finetune_config": json.dumps(asdict(cfg)),
+                "train_config": json.dumps(asdict(recipe)), "data": str(source), "best_step": best["step"]}
+        sha = weights.save(model, out, metadata=meta)
+        after = validate(weights.load(out)[0], val_items)  # the figures of the file as written (fp16)
+    report = {
+        "input": str(source), "weights": str(out), "sha256": sha, "init": info["name"],
+        "init_sha256": info["sha256"], "config": asdict(cfg),
+        "split": {"rule": f"last {cfg.holdout:.0%} of the timeline, {cfg.segment_s:g} s segments",
+                  "train_segments": len(train_clips), "held_out_segments": len(val_items),
+                  "held_out_unscorable": len(held) - len(val_items),
+                  "train_s": round(train_s, 2),
+                  "held_out_s": round(sum(c.n_frames for _, c in val_items) / data.fps, 2)},
+        "steps": {"planned": steps, "run": history["step"][-1] if history["step"] else 0, "best": best["step"],
+                  "rule": None if cfg.steps else
+                  f"{STEPS_PER_MINUTE} per minute of training video, within [{MIN_STEPS}, {MAX_STEPS}]"},
+        "validation": {"step": history["val_step"], "accuracy": history["val_acc"],
+                       "confidence": history["val_conf"]},
+        "before": before, "after": after,
+        "time_s": {"prepare": round(prepare_s, 1), "train": round(fit_s, 1),
+                   "total": round(time.perf_counter() - t0, 1)},
+    }
+    with atomic.replacing(report_path(out)) as (tmp_json,):
+        tmp_json.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def report_path(out: Path) -> Path:
+    """Where the report of the weights ``out`` goes: ``<stem>.finetune.json`` beside them."""
+    return Path(out).with_name(Path(out).stem + ".finetune.json")
