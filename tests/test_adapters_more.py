@@ -18,7 +18,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from adapter_helpers import N_FRAMES, N_TRAIN, copy_checkout, snapshot, write_features, write_wav
+from adapter_helpers import (
+    N_FRAMES,
+    N_TRAIN,
+    block_package,
+    copy_checkout,
+    extract_command,
+    snapshot,
+    write_features,
+    write_wav,
+)
 from se4lip_features.adapters import common, engine, instag, patch
 from se4lip_features.adapters.common import CheckpointError, FeatureError
 
@@ -150,13 +159,42 @@ def test_own_features_still_work_in_a_patched_checkout(checkout, data, renderer)
 
 
 @pytest.mark.parametrize("renderer", ALL)
-def test_own_features_run_without_the_package(checkout, data, renderer, without_package):
+def test_runs_without_the_package(checkout, data, weights_512, renderer, monkeypatch, tmp_path):
+    """Without se4lip_features: own features as before, se4lip from a precomputed file, and a one-line stop."""
     checkout(renderer, EOL.get(renderer, "\n"))
     native_features(data)
+    extract_file(data / "aud.wav", data / "aud_se4lip.npy")
+    with_package = RUN[renderer](data, "se4lip")[0]
+    block_package(monkeypatch)
+    monkeypatch.delenv("SE4LIP_EXTRACT", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no se4lip-extract either
     window, _ = RUN[renderer](data, "native")
     assert window.shape == (8, DS, 16)
-    with pytest.raises(ImportError, match="blocked by the test"):  # ...while an se4lip run does need it
+    window, _ = RUN[renderer](data, "se4lip")  # numpy reads the features: the checkout's se4lip_adapters
+    torch.testing.assert_close(window, with_package, rtol=0, atol=0)
+    assert "se4lip_adapters.common" in sys.modules and "se4lip_features" not in sys.modules
+    (data / "aud_se4lip.npy").unlink()
+    with pytest.raises(ValueError, match=r"se4lip_features is not installed in this Python .* no se4lip-extract is "
+                                         r"on PATH; install se4lip-features here, or set SE4LIP_EXTRACT="):
         RUN[renderer](data, "se4lip")
+
+
+@pytest.mark.parametrize("renderer", ["synctalk", "talkinggaussian"])
+def test_se4lip_extract_of_another_environment_writes_the_same_bytes(checkout, data, weights_512, renderer,
+                                                                       monkeypatch, tmp_path):
+    """Missing features extracted by $SE4LIP_EXTRACT (a subprocess) equal those the package writes in-process."""
+    checkout(renderer)
+    RUN[renderer](data, "se4lip")  # the package extracts aud_se4lip.npy itself
+    in_process = {p: (data / p).read_bytes() for p in ("aud_se4lip.npy", "aud_se4lip.json")}
+    window_in_process = RUN[renderer](data, "se4lip")[0]
+    for name in in_process:
+        (data / name).unlink()
+    block_package(monkeypatch)
+    monkeypatch.setenv("SE4LIP_EXTRACT", str(extract_command(tmp_path, weights_512)))
+    window, _ = RUN[renderer](data, "se4lip")
+    assert {p: (data / p).read_bytes() for p in in_process} == in_process  # bit for bit, sidecar included
+    torch.testing.assert_close(window, window_in_process, rtol=0, atol=0)
+    assert "se4lip_features" not in sys.modules
 
 
 @pytest.mark.parametrize("renderer", ALL)
