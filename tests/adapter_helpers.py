@@ -160,6 +160,7 @@ def extract_command(folder, default_weights):
     script = Path(folder) / "se4lip-extract"
     code = ("import sys; from se4lip_features import weights; weights.DEFAULT_NAME = sys.argv.pop(1); "
             "from se4lip_features.cli import extract_main; sys.exit(extract_main())")
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} -c '{code}' {default_weights} \"$@\"\n")
+    # -I: the working directory (a checkout of this repository) must not shadow the installed package
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} -I -c '{code}' {default_weights} \"$@\"\n")
     script.chmod(0o755)
     return script

@@ -265,7 +265,7 @@ def test_concurrent_extractions_leave_one_whole_pair(data, default_weights):
     """Two processes (TalkingGaussian's face and mouth training) extract the missing features at once."""
     code = ("import sys; from se4lip_features import weights; weights.DEFAULT_NAME = sys.argv[2]; "
             "from se4lip_features.adapters import common; print(common.load_features(sys.argv[1], '', 'aud_id').shape)")
-    runs = [subprocess.Popen([sys.executable, "-c", code, str(data), str(default_weights["tiny"])],
+    runs = [subprocess.Popen([sys.executable, "-I", "-c", code, str(data), str(default_weights["tiny"])],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outs
