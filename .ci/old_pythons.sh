@@ -34,9 +34,12 @@ for py in 3.8 3.7; do
     start=$SECONDS
     "$interp" -m venv "$venv"
     # torch is never pinned by the package: install the renderers' version first, as their READMEs do.
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check torch==1.12.1 ${EXTRA[$py]}
+    # --prefer-binary: one 3.7 run here tried to build safetensors 0.5.3 from source (Rust, crates.io) despite
+    # setup.cfg's `safetensors<0.5` marker; the markers pick versions with wheels, and those must win.
+    pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check --prefer-binary)
+    "${pip[@]}" torch==1.12.1 ${EXTRA[$py]}
     # A regular install resolves the dependencies with setup.cfg's markers (wheels only on 3.7/3.8).
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$REPO" pytest
+    "${pip[@]}" "$REPO" pytest
     echo "Python $py: $("$venv/bin/python" -c 'import platform, torch, numpy; print(platform.python_version(),
         "torch", torch.__version__, "numpy", numpy.__version__)') (installed in $((SECONDS - start)) s)"
     # bin/pytest, not python -m pytest: the checkout's se4lip_features (without adapters/ and pretrained/,
