@@ -1,15 +1,28 @@
 """What every renderer adapter shares: reading and checking SE4Lip feature files and their sidecars, frame
-counts, test audio, the checkpoint guard, the saved feature type and the test video's sound."""
+counts, test audio, the checkpoint guard, the saved feature type and the test video's sound.
+
+Standard library and numpy only at module level (torch inside the checkpoint guard, which the renderer's own
+torch runs): ``se4lip-patch`` writes the adapters into the checkout, so a renderer's interpreter without
+se4lip_features reads precomputed features, and extracts by running ``se4lip-extract`` of another environment.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
+
+try:
+    from se4lip_features import sidecar
+except ImportError:  # the adapters written into a checkout by se4lip-patch, with a copy of sidecar.py
+    from . import sidecar
 
 log = logging.getLogger("se4lip_features.adapters")
 
@@ -24,6 +37,8 @@ TRANSFORMS = ("transforms_train.json", "transforms_val.json")  # together they l
 NATIVE_DIMS = {29: "deepspeech", 44: "esperanto", 1024: "hubert"}
 # Persistent buffer on an SE4Lip-fed AudioNet: the SHA-256 of the weights that made its training features.
 TAG = "se4lip_weights_sha256"
+# se4lip-extract of another environment, for renderer environments without the package (else found on PATH)
+EXTRACT_VAR = "SE4LIP_EXTRACT"
 
 
 class FeatureError(ValueError):
@@ -51,27 +66,85 @@ def use_console_logging() -> None:
 
 
 def self_features(root: str | Path) -> Path:
-    """``<root>/aud_se4lip.npy``, extracted from ``<root>/aud.wav`` with the default weights if missing."""
+    """``<root>/aud_se4lip.npy``, extracted from ``<root>/aud.wav`` with the default weights if missing.
+
+    Refuses features whose sidecar says they came from an ``aud.wav`` with other contents than the one there
+    now (the audio was replaced, by other audio of any length): they would be stale.
+    """
     root = Path(root)
     npy = root / SELF_FEATURES
-    if npy.exists():
-        return npy
     wav = root / SOURCE_WAV
+    if npy.exists():
+        check_source(npy, wav)
+        return npy
     if not wav.exists():
         raise FileNotFoundError(
             f"{npy}: not found, and neither is {wav} to extract it from; run the renderer's "
             f"data_utils/process.py on the training video first, or write it with "
             f"`se4lip-extract VIDEO_OR_WAV -o {npy}`"
         )
-    from se4lip_features.extract import extract_file
-
     log.info("%s not found: extracting it from %s with the default SE4Lip weights "
              "(same as `se4lip-extract %s -o %s`)", npy, wav, wav, npy)
-    # force: a sidecar left without its .npy describes nothing and may be overwritten
-    meta = extract_file(wav, npy, fps=RENDER_FPS, force=True)
+    meta = extract(wav, npy)
     log.info("wrote %s: %d frames x %d x %d, weights %s", npy, meta["n_frames"], meta["window"], meta["dim"],
              meta["weights"])
     return npy
+
+
+def check_source(npy: Path, wav: Path) -> None:
+    """Refuse ``npy`` if its sidecar records an ``aud.wav`` whose SHA-256 differs from ``wav``'s now."""
+    meta = sidecar.read_sidecar(npy)
+    if Path(meta.get("audio") or "").name != wav.name or not meta.get("audio_sha256") or not wav.is_file():
+        return  # extracted from another file (the video itself, say): nothing to compare with
+    now = sidecar.sha256_file(wav)
+    if now != meta["audio_sha256"]:
+        raise FeatureError(
+            f"{npy}: extracted from a {wav.name} with SHA-256 {meta['audio_sha256'][:12]}, but {wav} is now "
+            f"{now[:12]}: the audio was replaced and these features are stale; re-extract them with "
+            f"`{extract_command(wav, npy, meta)}`"
+        )
+
+
+def extract_command(audio: Path, npy: Path, meta: dict | None = None) -> str:
+    """The ``se4lip-extract`` command that writes ``npy`` from ``audio`` (with the weights of ``meta``)."""
+    weights = f" --weights {meta.get('weights_source') or meta['weights']}" if meta else ""
+    layout = f" --layout {meta['layout']}" if meta and meta["layout"] != "ds" else ""
+    return f"se4lip-extract {audio} -o {npy}{weights}{layout} --force"
+
+
+def extract(audio: Path, npy: Path, weights: str | None = None, layout: str = "ds") -> dict:
+    """Write ``npy`` and its sidecar from an audio or video file at 25 fps, replacing them; returns the sidecar.
+
+    In this interpreter when se4lip_features is importable; else by running ``se4lip-extract`` from
+    ``$SE4LIP_EXTRACT`` or PATH (the package in an environment of its own), which writes the same bytes.
+    Concurrent extractions of one file each write whole files under unique names, renamed into place sidecar
+    first, so a reader never sees a mixed or half-written pair.
+    """
+    try:
+        from se4lip_features.extract import extract_file
+    except ImportError:
+        pass
+    else:
+        return extract_file(audio, npy, weights=weights, fps=RENDER_FPS, layout=layout, force=True)
+    exe = os.environ.get(EXTRACT_VAR) or shutil.which("se4lip-extract")
+    if not exe:
+        raise FeatureError(
+            f"cannot extract {npy} from {audio}: se4lip_features is not installed in this Python "
+            f"({sys.executable}) and no se4lip-extract is on PATH; install se4lip-features here, or set "
+            f"{EXTRACT_VAR}=/path/to/its/env/bin/se4lip-extract, or run `{extract_command(audio, npy)}` first"
+        )
+    cmd = [exe, str(audio), "-o", str(npy), "--fps", f"{RENDER_FPS:g}", "--layout", layout, "--force"]
+    if weights:
+        cmd += ["--weights", weights]
+    log.info("running %s", " ".join(cmd))
+    try:
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    except OSError as err:
+        raise FeatureError(f"{EXTRACT_VAR}={exe}: cannot run it ({err})") from err
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise FeatureError(f"{exe} failed on {audio}: {reason}")
+    return sidecar.read_sidecar(npy)
 
 
 def check_meta(meta: dict, where: str | Path) -> None:
@@ -85,34 +158,28 @@ def check_meta(meta: dict, where: str | Path) -> None:
 
 
 def read_features(npy: str | Path) -> tuple[np.ndarray, dict]:
-    """A feature file and its sidecar, checked against each other.
+    """A feature file and its sidecar, checked against each other (``sidecar.read_features``) and for 25 fps.
 
     Returns
     -------
     feats : np.ndarray float32 (n_frames, window, dim), as ``se4lip-extract`` wrote it
     meta : the sidecar dict (``dim``, ``layout``, ``window``, ``fps``, ``n_frames``, ``weights``, ...)
     """
-    from se4lip_features.sidecar import read_sidecar
-
-    meta = read_sidecar(npy)
+    try:
+        feats, meta = sidecar.read_features(npy)
+    except FileNotFoundError:
+        raise
+    except ValueError as err:
+        raise FeatureError(str(err)) from None
     check_meta(meta, npy)
-    feats = np.load(npy, allow_pickle=False)
-    expected = (int(meta["n_frames"]), int(meta["window"]), int(meta["dim"]))
-    if feats.shape != expected:
-        raise FeatureError(f"{npy}: array of shape {feats.shape}, but its sidecar describes {expected} "
-                           "(frames, window, dim); the two files do not belong together")
-    if not np.issubdtype(feats.dtype, np.floating) or not np.isfinite(feats).all():
-        raise FeatureError(f"{npy}: features must be finite floats (dtype {feats.dtype})")
-    return feats.astype(np.float32, copy=False), meta
+    return feats, meta
 
 
 def self_meta(root: str | Path) -> dict:
     """The sidecar of the self-driven features, which fixes the avatar's feature type (extracting if needed)."""
-    from se4lip_features.sidecar import read_sidecar
-
     use_console_logging()
     npy = self_features(root)
-    meta = read_sidecar(npy)
+    meta = sidecar.read_sidecar(npy)
     check_meta(meta, npy)
     return meta
 
@@ -133,14 +200,19 @@ def video_frame_count(root: str | Path, id_key: str) -> int:
     return max(ids) + 1
 
 
-def check_frame_count(n_rows: int, n_frames: int, npy: str | Path, root: str | Path) -> None:
+def check_frame_count(n_rows: int, n_frames: int, npy: str | Path, root: str | Path, meta: dict) -> None:
     """Refuse features whose row count is more than one away from the number of video frames."""
-    if abs(n_rows - n_frames) > FRAME_SLACK:
-        raise FeatureError(
-            f"{npy}: {n_rows} feature rows for {n_frames} video frames (from {' and '.join(TRANSFORMS)} in "
-            f"{root}); they may differ by at most {FRAME_SLACK}. Re-extract from this video's audio: "
-            f"`se4lip-extract {Path(root) / SOURCE_WAV} -o {npy} --force`"
-        )
+    if abs(n_rows - n_frames) <= FRAME_SLACK:
+        return
+    wav = Path(root) / SOURCE_WAV
+    if Path(meta.get("audio") or "").name == SOURCE_WAV:  # and check_source found that same aud.wav there
+        hint = (f"they came from {wav}, which is itself that short or long: the audio and the frames come from "
+                "different videos (or runs); process the training video again with the renderer's "
+                "data_utils/process.py")
+    else:
+        hint = f"re-extract from this video's audio: `{extract_command(wav, Path(npy), meta)}`"
+    raise FeatureError(f"{npy}: {n_rows} feature rows for {n_frames} video frames (from {' and '.join(TRANSFORMS)} "
+                       f"in {root}); they may differ by at most {FRAME_SLACK}; {hint}")
 
 
 def check_same_features(meta: dict, reference: dict, where: str | Path, ref_where: str | Path) -> None:
@@ -158,35 +230,33 @@ def check_same_features(meta: dict, reference: dict, where: str | Path, ref_wher
 
 
 def extract_like(audio_path: str | Path, reference: dict) -> np.ndarray:
-    """Extract features from an audio file on the fly, with the weights and layout of ``reference``.
+    """Extract features from an audio or video file, with the weights and layout of ``reference``.
 
     Returns
     -------
     np.ndarray float32 (n_frames, window, dim), 25 fps
     """
-    from se4lip_features import audio, weights
-    from se4lip_features.extract import load
-
     audio_path = Path(audio_path)
     if not audio_path.exists():
         raise FileNotFoundError(f"{audio_path}: no such audio file")
-    try:
-        weights.resolve(reference["weights"])
-        name = reference["weights"]
-    except weights.WeightsError:  # a local .safetensors recorded by its stem: the default weights may match
-        name = None
-    extractor = load(name)
-    if extractor.sha256 != reference["weights_sha256"]:
-        raise FeatureError(
-            f"{audio_path}: the avatar was trained on features from weights {reference['weights']} "
-            f"({reference['weights_sha256'][:12]}), which are not installed here ({extractor.name} is "
-            f"{extractor.sha256[:12]}); extract it yourself with `se4lip-extract {audio_path} -o FEATS.npy "
-            "--weights PATH_TO_THOSE.safetensors` and pass FEATS.npy"
-        )
-    log.info("extracting SE4Lip features from %s (weights %s, layout %s)", audio_path, extractor.name,
-             reference["layout"])
-    return extractor.extract(audio.load_audio(audio_path), audio.SAMPLE_RATE, fps=RENDER_FPS,
-                             layout=reference["layout"], name=str(audio_path))
+    source = reference.get("weights_source") or reference["weights"]
+    log.info("extracting SE4Lip features from %s (weights %s, layout %s)", audio_path, source, reference["layout"])
+    own = ("extract it yourself with `se4lip-extract " f"{audio_path} -o FEATS.npy --weights PATH_TO_THOSE.safetensors"
+           f"{'' if reference['layout'] == 'ds' else ' --layout ' + reference['layout']}` and pass FEATS.npy")
+    with tempfile.TemporaryDirectory(prefix="se4lip-") as tmp:
+        npy = Path(tmp) / "test_se4lip.npy"
+        try:
+            extract(audio_path, npy, weights=source, layout=reference["layout"])
+        except RuntimeError as err:  # WeightsError, in this interpreter (se4lip-extract's own message says more)
+            raise FeatureError(f"{audio_path}: the avatar was trained on features from weights "
+                               f"{reference['weights']} ({reference['weights_sha256'][:12]}), which cannot be "
+                               f"used here ({err}); {own}") from None
+        feats, meta = read_features(npy)
+    if meta["weights_sha256"] != reference["weights_sha256"]:
+        raise FeatureError(f"{audio_path}: the avatar was trained on features from weights {reference['weights']} "
+                           f"({reference['weights_sha256'][:12]}), but {source} are now {meta['weights_sha256'][:12]}; "
+                           f"{own}")
+    return feats
 
 
 def load_features(root: str | Path, aud: str | Path | None, id_key: str) -> np.ndarray:
@@ -204,25 +274,20 @@ def load_features(root: str | Path, aud: str | Path | None, id_key: str) -> np.n
     np.ndarray float32 (n_frames, window, dim), on the CPU like the renderers' ``np.load``; the renderer
     moves it to its device
     """
-    from se4lip_features.audio import AUDIO_SUFFIXES
-
     use_console_logging()
     root = Path(root)
     npy = self_features(root)
     feats, meta = read_features(npy)
     if not aud:
-        check_frame_count(len(feats), video_frame_count(root, id_key), npy, root)
+        check_frame_count(len(feats), video_frame_count(root, id_key), npy, root, meta)
         log.info("self-driven SE4Lip features %s: %s", npy, feats.shape)
         return feats
     aud = Path(aud)
     if aud.suffix.lower() == ".npy":
         cross, cross_meta = read_features(aud)
         check_same_features(cross_meta, meta, aud, npy)
-    elif aud.suffix.lower() in AUDIO_SUFFIXES:
+    else:  # any file se4lip-extract reads: audio or video (it names the problem if it cannot decode it)
         cross = extract_like(aud, meta)
-    else:
-        raise FeatureError(f"{aud}: test audio must be a .npy written by se4lip-extract or an audio file "
-                           f"({', '.join(sorted(AUDIO_SUFFIXES))})")
     log.info("cross-driven SE4Lip features from %s: %s", aud, cross.shape)
     return cross
 
@@ -293,12 +358,9 @@ def source_audio(aud: str | Path | None) -> Path | None:
     aud = Path(aud)
     if aud.suffix.lower() != ".npy":
         return aud
-    from se4lip_features.sidecar import read_sidecar
-    from se4lip_features.weights import sha256_file
-
-    meta = read_sidecar(aud)
+    meta = sidecar.read_sidecar(aud)
     source = aud.parent / meta.get("audio", "")
-    if meta.get("audio") and source.is_file() and sha256_file(source) == meta.get("audio_sha256"):
+    if meta.get("audio") and source.is_file() and sidecar.sha256_file(source) == meta.get("audio_sha256"):
         return source
     return None
 
@@ -318,11 +380,12 @@ def mux_audio(aud: str | Path | None, video: str | Path) -> Path | None:
     out = video.with_name(video.stem + "_audio.mp4")
     cmd = ["ffmpeg", "-y", "-loglevel", "error", "-i", str(video), "-i", str(source), "-map", "0:v:0",
            "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-shortest", str(out)]
-    try:
+    try:  # the render is written already: a failure here must not end the run in an error
         subprocess.run(cmd, check=True)
-    except FileNotFoundError as err:
-        raise RuntimeError(f"ffmpeg not found; the silent video is {video}; add the audio with: "
-                           f"{' '.join(cmd)}") from err
+    except (OSError, subprocess.CalledProcessError) as err:
+        log.warning("could not add the audio to %s (%s); the silent video is there; add it with: %s", video,
+                    "ffmpeg not found" if isinstance(err, FileNotFoundError) else err, " ".join(cmd))
+        return None
     log.info("wrote %s", out)
     return out
 

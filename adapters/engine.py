@@ -11,6 +11,7 @@ written, and ``write`` replaces the files only once all are staged.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import shutil
@@ -20,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MARK = "# se4lip-patch"
+# The package se4lip-patch writes at the top of a checkout: this package's runtime modules (all but ``patch``)
+# and ``sidecar.py``, the same files as installed, so the checkout runs where se4lip_features is not importable.
+RUNTIME = "se4lip_adapters"
 
 # Items of an edit's patched block: an anchor line kept as it is, a new line, or an anchor line rewritten.
 Keep = int  # index into the anchor
@@ -62,13 +66,23 @@ def marked(indent: str, *lines: str) -> tuple[New, ...]:
     return tuple(New(f"{indent}{line}  {MARK}") for line in lines)
 
 
-def branch(indent: str, head: str, imp: str, *body: str) -> tuple[New, ...]:
+def imports(module: str, alias: str) -> tuple[str, str]:
+    """Import a renderer module of the adapters as ``alias``: the installed package's, else the checkout's copy.
+
+    The copy (``RUNTIME``, written by se4lip-patch) lets a renderer environment without se4lip_features read
+    features and run ``se4lip-extract`` of another environment.
+    """
+    return (f"try: from se4lip_features.adapters import {module} as {alias}",
+            f"except ImportError: from {RUNTIME} import {module} as {alias}")
+
+
+def branch(indent: str, head: str, imp: tuple[str, str], *body: str) -> tuple[New, ...]:
     """``head`` (an ``if``/``elif`` on the se4lip feature) at ``indent``; ``imp`` and ``body`` one level deeper.
 
-    The import sits inside the branch, so a patched checkout imports se4lip_features only when se4lip is the
-    chosen feature and keeps running its own features where the package is not installed.
+    The import sits inside the branch, so a patched checkout imports the adapters only when se4lip is the
+    chosen feature and keeps running its own features untouched otherwise.
     """
-    return marked(indent, head) + marked(indent + "    ", imp, *body)
+    return marked(indent, head) + marked(indent + "    ", *imp, *body)
 
 
 def or_else(anchor_line: str, index: int = 0) -> tuple[New | Swap, ...]:
@@ -187,8 +201,8 @@ def revert_edit(lines, edit: Edit, at: int) -> list[tuple[str, str]]:
 @dataclass
 class FileChange:
     path: Path
-    old: bytes
-    new: bytes
+    old: bytes | None  # None: a new file
+    new: bytes | None  # None: the file is removed
 
 
 def read_text(path: Path) -> tuple[bytes, str]:
@@ -222,6 +236,32 @@ def status(renderer: Renderer, root: Path) -> list[tuple[Edit, str]]:
             except PatchError as err:
                 out.append((edit, str(err)))
     return out
+
+
+def runtime_changes(root: Path, files: dict[str, bytes], revert: bool) -> list[FileChange]:
+    """Write ``files`` (name -> bytes) into ``<root>/se4lip_adapters/``, or remove every file there on revert.
+
+    On revert the whole folder goes, byte-compiled files included: nothing in it is the renderer's.
+    """
+    folder = root / RUNTIME
+    if revert:
+        found = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+        return [FileChange(p, p.read_bytes(), None) for p in found]
+    changes = []
+    for name, new in files.items():
+        path = folder / name
+        old = path.read_bytes() if path.is_file() else None
+        if old != new:
+            changes.append(FileChange(path, old, new))
+    return changes
+
+
+def runtime_state(root: Path, files: dict[str, bytes]) -> str:
+    """"written", "missing" or "outdated": whether ``<root>/se4lip_adapters/`` holds exactly ``files``."""
+    folder = root / RUNTIME
+    if not folder.is_dir():
+        return "missing"
+    return "outdated" if runtime_changes(root, files, revert=False) else "written"
 
 
 def plan(renderer: Renderer, root: Path, revert: bool = False) -> list[FileChange]:
@@ -275,35 +315,54 @@ def write(changes: list[FileChange]) -> None:
     """Write every change through a temporary file beside it, replacing the originals only at the end.
 
     If a replacement fails, the files already replaced get their old bytes back before the error is
-    raised, so a checkout is never left half patched (or half reverted).
+    raised, so a checkout is never left half patched (or half reverted). Removals come last, and take
+    the folders they leave empty with them.
     """
     staged = []
+    writes = [change for change in changes if change.new is not None]
     try:
-        for change in changes:
+        for change in writes:
+            change.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=change.path.name + ".", suffix=".se4lip-tmp", dir=change.path.parent)
             with os.fdopen(fd, "wb") as f:
                 f.write(change.new)
-            shutil.copymode(change.path, tmp)
+            if change.old is None:
+                os.chmod(tmp, 0o644)
+            else:
+                shutil.copymode(change.path, tmp)
             staged.append((tmp, change.path))
         done = []
         try:
-            for (tmp, path), change in zip(staged, changes):
+            for (tmp, path), change in zip(staged, writes):
                 os.replace(tmp, path)
                 done.append(change)
         except OSError:
             for change in done:
-                change.path.write_bytes(change.old)
+                if change.old is None:
+                    change.path.unlink()
+                else:
+                    change.path.write_bytes(change.old)
             raise
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    removed = [change.path for change in changes if change.new is None]
+    for path in removed:
+        path.unlink()
+    for folder in sorted({p.parent for p in removed}, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: something that is not ours is there
+            folder.rmdir()
 
 
 def diff(changes: list[FileChange], root: Path) -> str:
+    """The unified diff of the renderer's files; the adapters' own files written or removed, one line each."""
     out = []
     for change in changes:
         rel = change.path.relative_to(root).as_posix()
+        if change.old is None or change.new is None:
+            out.append(f"{'new' if change.old is None else 'removed'} file {rel} (se4lip-features' adapters, MIT)")
+            continue
         old = [c for c, _ in split_lines(change.old.decode("utf-8", errors="surrogateescape"))]
         new = [c for c, _ in split_lines(change.new.decode("utf-8", errors="surrogateescape"))]
         out.extend(difflib.unified_diff(old, new, f"a/{rel}", f"b/{rel}", lineterm=""))
@@ -311,12 +370,18 @@ def diff(changes: list[FileChange], root: Path) -> str:
 
 
 def checkout_commit(root: Path) -> str | None:
-    """The checkout's git HEAD, or None when it is not a git work tree (or git is not installed)."""
+    """The checkout's git HEAD, or None when it is not the top of a git work tree (or git is not installed).
+
+    A renderer vendored inside another repository is not at that repository's HEAD: None, not its commit.
+    """
     try:
-        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=False,
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], check=False,
                               capture_output=True, text=True)
     except FileNotFoundError:
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    lines = done.stdout.splitlines()
+    if done.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root.resolve():
+        return None
+    return lines[1]
 
 

@@ -7,7 +7,7 @@ CRLF line endings upstream; the patch keeps them.
 
 from __future__ import annotations
 
-from se4lip_features.adapters import common, engine, nerf
+from . import common, engine, nerf
 
 FEATURES = ("deepspeech", "esperanto", "hubert", common.FEATURE)
 feature_dim, load_features, guard_checkpoints, mux_audio = nerf.bind("ER-NeRF")

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from se4lip_features.adapters import common, engine
-from se4lip_features.adapters.engine import branch, insert_after, insert_before
+
+from . import common, engine
+from .engine import branch, insert_after, insert_before
 
 FLAG = "--audio_extractor"
 FLAGS = (FLAG, "--audio_feature")  # both set args.audio_extractor
@@ -45,7 +46,7 @@ def argument_edits(module: str, alias: str, features: tuple[str, ...]) -> tuple[
     The alias is plain argparse; the saved feature is restored through the adapter only when it is se4lip,
     so the package is imported only for se4lip models.
     """
-    imp = f"from se4lip_features.adapters import {module} as {alias}"
+    imp = engine.imports(module, alias)
     line = (f"parser.add_argument('--audio_feature', dest='audio_extractor', choices={features!r}, "
             "help='alias of --audio_extractor; se4lip: SE4Lip features (se4lip-features)')")
     return (
@@ -67,7 +68,7 @@ def network_edits(module: str, alias: str, scope: str, dim_anchor: list[str],
     ``dim_anchor`` ends in ``        else:`` / ``            raise NotImplementedError``; the se4lip branch
     goes before them.
     """
-    imp = f"from se4lip_features.adapters import {module} as {alias}"
+    imp = engine.imports(module, alias)
     se4lip = "args.audio_extractor == 'se4lip'"
     name = scope.split()[1].split("(")[0]
     return (

@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from se4lip_features.adapters import common, engine
-from se4lip_features.adapters.engine import Edit, Swap, branch, insert_after, insert_before, or_else
+
+from . import common, engine
+from .engine import Edit, Swap, branch, insert_after, insert_before, or_else
 
 FEATURES = ("deepspeech", common.FEATURE)
 DEFAULT_FEATURE = "deepspeech"
@@ -61,7 +62,7 @@ def load_features(path: str, custom_aud: str) -> np.ndarray:
     return feats
 
 
-_IMPORT = "from se4lip_features.adapters import gaussiantalker as se4lip_gt"
+_IMPORT = engine.imports("gaussiantalker", "se4lip_gt")
 _SE4LIP = "getattr(args, 'audio_feature', None) == 'se4lip'"
 _CALL = ('        scene_info = sceneLoadTypeCallbacks2["ER-NeRF"](args.source_path, False, args.eval, '
          'custom_aud=custom_aud)')

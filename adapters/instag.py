@@ -13,9 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from se4lip_features.adapters import common, engine, gaussian
-from se4lip_features.adapters.engine import branch, insert_after, insert_before
-from se4lip_features.adapters.gaussian import keep_saved_feature, load_features  # noqa: F401
+from . import common, engine, gaussian
+from .engine import branch, insert_after, insert_before
+from .gaussian import keep_saved_feature, load_features  # noqa: F401
 
 FEATURES = ("deepspeech", "esperanto", "hubert", "ave", common.FEATURE)
 ID_KEY = gaussian.ID_KEY
@@ -77,8 +77,6 @@ def prepare_pretrain(root: str | Path, weights: str | None = None) -> dict[str, 
     -------
     {identity: (n_frames, window, dim)}
     """
-    from se4lip_features.extract import extract_file
-
     common.use_console_logging()
     ids = identities(root)
     if not ids:
@@ -91,15 +89,16 @@ def prepare_pretrain(root: str | Path, weights: str | None = None) -> dict[str, 
                            ", ".join(PRETRAIN_IDS))
     shapes, reference = {}, None
     for d in ids:
-        npy = d / common.SELF_FEATURES
+        npy, wav = d / common.SELF_FEATURES, d / common.SOURCE_WAV
         if not npy.exists():
-            wav = d / common.SOURCE_WAV
             if not wav.exists():
                 raise FileNotFoundError(f"{npy}: not found, and neither is {wav} to extract it from")
             common.log.info("extracting %s", npy)
-            extract_file(wav, npy, weights=weights, fps=common.RENDER_FPS, force=True)
+            common.extract(wav, npy, weights=weights)
+        else:
+            common.check_source(npy, wav)
         feats, meta = common.read_features(npy)
-        common.check_frame_count(len(feats), common.video_frame_count(d, ID_KEY), npy, d)
+        common.check_frame_count(len(feats), common.video_frame_count(d, ID_KEY), npy, d, meta)
         if reference is None:
             reference = (meta, npy)
         common.check_same_features(meta, reference[0], npy, reference[1])
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-_IMPORT = "from se4lip_features.adapters import instag as se4lip_instag"
+_IMPORT = engine.imports("instag", "se4lip_instag")
 _DIM = ["        elif 'ave' in args.audio_extractor:",
         "            self.audio_in_dim = 32",
         "        else:",

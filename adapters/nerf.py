@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from se4lip_features.adapters import common, engine
-from se4lip_features.adapters.engine import branch, insert_after, insert_at, insert_before
+
+from . import common, engine
+from .engine import branch, insert_after, insert_at, insert_before
 
 FLAG = "--asr_model"  # the renderers' own feature option; --audio_feature is added as its alias
 ID_KEY = "aud_id"  # their data sets index self-driven features with each frame's aud_id
@@ -107,7 +108,7 @@ def edits(pkg: str, module: str, features: tuple[str, ...], asr_default: str,
     its ``else:`` / ``self.audio_in_dim = 32``.
     """
     alias = f"se4lip_{module}"
-    imp = f"from se4lip_features.adapters import {module} as {alias}"
+    imp = engine.imports(module, alias)
     se4lip = "self.opt.asr_model == 'se4lip'"
     network, provider = f"{pkg}/network.py", f"{pkg}/provider.py"
     return (

@@ -13,13 +13,44 @@ import sys
 import textwrap
 from pathlib import Path
 
-from se4lip_features.adapters import ernerf, gaussiantalker, instag, radnerf, synctalk, talkinggaussian
-from se4lip_features.adapters.engine import PatchError, Renderer, checkout_commit, diff, plan, status, write
+from . import ernerf, gaussiantalker, instag, radnerf, synctalk, talkinggaussian
+from .engine import (
+    RUNTIME,
+    PatchError,
+    Renderer,
+    checkout_commit,
+    diff,
+    plan,
+    runtime_changes,
+    runtime_state,
+    status,
+    write,
+)
 
 SYNCTALK = synctalk.RENDERER
 TALKINGGAUSSIAN = talkinggaussian.RENDERER
 RENDERERS = {module.__name__.rsplit(".", 1)[1]: module.RENDERER
              for module in (synctalk, talkinggaussian, ernerf, radnerf, gaussiantalker, instag)}
+
+
+# The modules the inserted lines reach, written into the checkout as they are installed here: all of this
+# package but patch.py (the command line), and the package's sidecar.py, the one feature reader.
+RUNTIME_MODULES = ("common", "engine", "nerf", "gaussian", *RENDERERS)
+
+
+def runtime_files() -> dict[str, bytes]:
+    """The files of ``<checkout>/se4lip_adapters/``: name -> bytes, taken from the installed package."""
+    from se4lip_features import __version__, sidecar
+
+    here = Path(__file__).parent
+    files = {"__init__.py": (f'"""SE4Lip adapters written by se4lip-patch (se4lip-features {__version__}, MIT licence).\n\n'
+                             "The patched lines import them from here when se4lip_features is not importable: they "
+                             "read features with\nnumpy alone and run se4lip-extract ($SE4LIP_EXTRACT or PATH) to "
+                             "extract. Do not edit; `se4lip-patch RENDERER\nPATH --revert` removes this folder.\n"
+                             '"""\n').encode()}
+    files.update({f"{name}.py": (here / f"{name}.py").read_bytes() for name in RUNTIME_MODULES})
+    files["sidecar.py"] = Path(sidecar.__file__).read_bytes()
+    return files
 
 
 # -- command line --------------------------------------------------------------------------------------
@@ -55,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             return _check(renderer, root)
         changes = plan(renderer, root, revert=args.revert)
+        changes += runtime_changes(root, runtime_files(), revert=args.revert)
     except PatchError as err:
         print(f"se4lip-patch: error: {err}\nNothing was changed.", file=sys.stderr)
         return 1
@@ -70,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     if not changes:
         print(f"{root}: already {'unpatched' if args.revert else 'patched'}; nothing to do")
     else:
-        print(f"{root}: {done} {len(changes)} files: " + ", ".join(c.path.relative_to(root).as_posix()
-                                                                 for c in changes))
+        own = [c.path.relative_to(root).as_posix() for c in changes if c.path.parent.relative_to(root).parts[:1]
+               != (RUNTIME,)]
+        runtime = f"; {'removed' if args.revert else 'wrote'} {RUNTIME}/" if len(own) < len(changes) else ""
+        print(f"{root}: {done} {len(own)} files: {', '.join(own)}{runtime}")
     if not args.revert:
         _note_commit(renderer, root)
     return 0
@@ -83,10 +117,12 @@ def _check(renderer: Renderer, root: Path) -> int:
     states = status(renderer, root)
     for edit, state in states:
         print(f"{edit.path}: {edit.what}: {state if state in ('patched', 'unpatched') else 'ERROR ' + state}")
-    if all(state == "patched" for _, state in states):
+    runtime = runtime_state(root, runtime_files())
+    print(f"{RUNTIME}/: the adapters for environments without se4lip_features: {runtime}")
+    if all(state == "patched" for _, state in states) and runtime == "written":
         print(f"{root}: patched")
         return 0
-    if all(state == "unpatched" for _, state in states):
+    if all(state == "unpatched" for _, state in states) and runtime == "missing":
         print(f"{root}: not patched")
     else:
         print(f"{root}: not (fully) patched")

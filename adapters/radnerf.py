@@ -8,8 +8,8 @@ the checkpoint guard checks it against the trained model; test audio must then b
 
 from __future__ import annotations
 
-from se4lip_features.adapters import common, engine, nerf
-from se4lip_features.adapters.engine import Edit, branch, or_else
+from . import common, engine, nerf
+from .engine import Edit, branch, or_else
 
 FEATURES = ("deepspeech", "esperanto", common.FEATURE)
 feature_dim, load_features, guard_checkpoints, mux_audio = nerf.bind("RAD-NeRF")
@@ -26,7 +26,7 @@ RENDERER = engine.Renderer("ashawkey/RAD-NeRF", "0de5ed259592592294677ad6cf7605f
                         engine.marked("    ", nerf.alias_line(FEATURES))),
     Edit("nerf/provider.py", "the np.load(self.opt.aud) of NeRFDataset_Test (test.py)", (_TEST_LOAD,),
          branch("            ", "if self.opt.asr_model == 'se4lip':",
-                "from se4lip_features.adapters import radnerf as se4lip_radnerf",
+                engine.imports("radnerf", "se4lip_radnerf"),
                 "aud_features = se4lip_radnerf.load_features(self.opt)") + or_else(_TEST_LOAD),
          scope="class NeRFDataset_Test:"),
 ))

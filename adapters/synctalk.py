@@ -8,14 +8,14 @@ again at test time, as for SyncTalk's own features.
 
 from __future__ import annotations
 
-from se4lip_features.adapters import common, engine, nerf
-from se4lip_features.adapters.engine import branch, insert_after, insert_at, insert_before
+from . import common, engine, nerf
+from .engine import branch, insert_after, insert_at, insert_before
 
 # --audio_feature accepts SyncTalk's own feature names too, so one flag serves every run.
 FEATURES = ("ave", "deepspeech", "esperanto", "hubert", common.FEATURE)
 feature_dim, load_features, guard_checkpoints, mux_audio = nerf.bind("SyncTalk")
 
-_IMPORT = "from se4lip_features.adapters import synctalk as se4lip_synctalk"
+_IMPORT = engine.imports("synctalk", "se4lip_synctalk")
 _SE4LIP = "self.opt.asr_model == 'se4lip'"
 _LOAD = "aud_features = se4lip_synctalk.load_features(self.opt)"
 

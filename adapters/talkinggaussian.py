@@ -10,9 +10,10 @@ with the command line, where TalkingGaussian's default ``deepspeech`` used to wi
 from __future__ import annotations
 
 import numpy as np
-from se4lip_features.adapters import common, engine, gaussian
-from se4lip_features.adapters.engine import Edit, Swap, branch
-from se4lip_features.adapters.gaussian import feature_dim, guard_checkpoints, keep_saved_feature  # noqa: F401
+
+from . import common, engine, gaussian
+from .engine import Edit, Swap, branch
+from .gaussian import feature_dim, guard_checkpoints, keep_saved_feature  # noqa: F401
 
 # --audio_feature accepts TalkingGaussian's own feature names too, so one flag serves every run.
 FEATURES = ("deepspeech", "esperanto", "hubert", common.FEATURE)
@@ -42,7 +43,7 @@ def load_features(path: str, audio_file: str, n_cameras: int, split: str) -> np.
     return feats
 
 
-_IMPORT = "from se4lip_features.adapters import talkinggaussian as se4lip_tg"
+_IMPORT = engine.imports("talkinggaussian", "se4lip_tg")
 _DIM = ["        elif 'hubert' in args.audio_extractor:",
         "            self.audio_in_dim = 1024",
         "        else:",

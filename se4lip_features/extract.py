@@ -15,8 +15,7 @@ import torch.nn.functional as F
 
 from . import atomic, audio, sidecar, weights
 from .frames import DEFAULT_BATCH, LAYOUTS, FrameStream, check_options, framed_waveform, too_short_message
-from .sidecar import sidecar_path
-from .weights import sha256_file
+from .sidecar import sha256_file, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +229,9 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
     new_dirs = [p for p in out_path.parents if not p.exists()]  # removed again if nothing gets written
     done = False
     try:
-        # Unique temporaries, renamed into place as a pair: concurrent writers of one output never mix.
-        with atomic.replacing(out_path, side) as (tmp_npy, tmp_side):
+        # Unique temporaries, renamed into place as a pair: concurrent writers of one output never mix. The
+        # sidecar goes first, so a reader that finds the .npy (the adapters key on it) finds its sidecar too.
+        with atomic.replacing(side, out_path) as (tmp_side, tmp_npy):
             with open(tmp_npy, "wb") as f:
                 rows = extractor.extract_blocks(source, fps, layout, batch_size, progress,
                                                 total_s=source.duration_s)
@@ -240,6 +240,7 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
                 raise audio.AudioError(too_short_message(str(audio_path), source.n_samples, fps))
             meta = sidecar.describe(dim=extractor.dim, layout=layout, window=LAYOUTS[layout], fps=fps,
                                     n_frames=n_frames, weights=extractor.name, weights_sha256=extractor.sha256,
+                                    weights_source=extractor.info.get("source", extractor.name),
                                     precision=extractor.precision, audio=audio_path.name,
                                     audio_sha256=sha256_file(audio_path))
             tmp_side.write_text(json.dumps(meta, indent=1) + "\n")

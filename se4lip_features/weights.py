@@ -11,6 +11,7 @@ import torch
 
 from . import atomic
 from .model import ModelConfig, SE4Lip
+from .sidecar import sha256_file  # weights.sha256_file is used here and by callers
 
 FORMAT = "se4lip-weights/1"
 
@@ -30,15 +31,6 @@ class WeightsError(RuntimeError):
 def available_models() -> list[str]:
     """Names of the released weights."""
     return sorted(REGISTRY)
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve(name_or_path: str | Path | None = None) -> tuple[Path, str]:
@@ -150,7 +142,7 @@ def load(name_or_path: str | Path | None = None, device: str | torch.device = "c
     Returns
     -------
     model : SE4Lip, float32, on ``device``
-    info : dict with ``name``, ``path``, ``sha256`` and the file's metadata
+    info : dict with ``name``, ``path``, ``sha256``, ``source`` (what finds the file again) and the file's metadata
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
@@ -182,4 +174,7 @@ def load(name_or_path: str | Path | None = None, device: str | torch.device = "c
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as err:
         raise WeightsError(f"{path}: tensors do not match the config in its metadata ({err})") from err
-    return model.to(device).eval(), dict(meta, name=name, path=str(path), sha256=digest)
+    # source: what finds this file again, recorded in sidecars (a stem alone would not, for hf:// or a path)
+    given = str(name_or_path) if name_or_path is not None else DEFAULT_NAME
+    source = given if given.startswith("hf://") or name in REGISTRY else str(path.resolve())
+    return model.to(device).eval(), dict(meta, name=name, path=str(path), sha256=digest, source=source)

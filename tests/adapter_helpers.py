@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 N_FRAMES = 30  # 1.2 s at 25 fps; transforms_train lists frames 0-26, transforms_val 27-29
 N_TRAIN = 27
 DIM = 24  # the tiny test weights' embedding size
-CHECKOUT_MODULES = ("nerf_triplane", "nerf", "arguments", "scene", "scene_pretrain")
+CHECKOUT_MODULES = ("nerf_triplane", "nerf", "arguments", "scene", "scene_pretrain", "se4lip_adapters")
 TINY_DESIGN = {"front_end": "stft", "speech_encoder": "gru"}  # a 1-layer GRU: the smallest, fastest model
 
 
@@ -50,9 +50,9 @@ def default_weights(monkeypatch, adapter_weights):
     return adapter_weights
 
 
-def write_wav(path, seconds):
+def write_wav(path, seconds, hz=220):
     t = np.arange(int(seconds * 16000)) / 16000
-    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
+    sf.write(path, (0.3 * np.sin(2 * np.pi * hz * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +139,28 @@ class BlockSE4Lip:
             raise ImportError(f"No module named {name!r} (blocked by the test)")
 
 
-@pytest.fixture
-def without_package(monkeypatch):
+def block_package(monkeypatch):
     """Forget se4lip_features and refuse to import it again for the rest of the test."""
     for name in list(sys.modules):
         if name.split(".")[0] == "se4lip_features":
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(sys, "meta_path", [BlockSE4Lip(), *sys.meta_path])
+
+
+@pytest.fixture
+def without_package(monkeypatch):
+    block_package(monkeypatch)
+
+
+def extract_command(folder, default_weights):
+    """An ``se4lip-extract`` of "another environment": this interpreter's, with ``default_weights`` as default.
+
+    What a user names with ``SE4LIP_EXTRACT``; it runs in its own process, where the package is importable.
+    """
+    script = Path(folder) / "se4lip-extract"
+    code = ("import sys; from se4lip_features import weights; weights.DEFAULT_NAME = sys.argv.pop(1); "
+            "from se4lip_features.cli import extract_main; sys.exit(extract_main())")
+    # -I: the working directory (a checkout of this repository) must not shadow the installed package
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} -I -c '{code}' {default_weights} \"$@\"\n")
+    script.chmod(0o755)
+    return script

@@ -10,10 +10,12 @@ import ast
 import importlib
 import json
 import logging
+import os
 import runpy
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,16 +24,17 @@ from adapter_helpers import (
     DIM,
     N_FRAMES,
     N_TRAIN,
-    REPO,
     copy_checkout,
     snapshot,
     synctalk_opt,
     write_features,
     write_wav,
 )
+from conftest import needs_av
 from se4lip_features.adapters import common, engine, gaussian, patch
 from se4lip_features.adapters.common import CheckpointError, FeatureError
 
+from se4lip_features import cli, sidecar, weights
 from se4lip_features.extract import extract_file
 from se4lip_features.sidecar import sidecar_path
 
@@ -73,10 +76,38 @@ def test_patch_check_repatch_revert_restores_bytes(tmp_path, renderer, eol, caps
     assert "already patched" in capsys.readouterr().out
     assert snapshot(root) == patched
 
+    added = {rel for rel in patched if rel not in original}  # the adapters for environments without the package
+    assert added == {f"{engine.RUNTIME}/{name}" for name in patch.runtime_files()}
+    assert patched[f"{engine.RUNTIME}/sidecar.py"] == Path(sidecar.__file__).read_bytes()
+    assert patched[f"{engine.RUNTIME}/common.py"] == Path(common.__file__).read_bytes()
+    subprocess.run([sys.executable, "-c", f"import {engine.RUNTIME}.{renderer}"], cwd=root, check=True)  # __pycache__
+
     assert patch.main([renderer, str(root), "--revert"]) == 0
-    assert snapshot(root) == original  # byte for byte
+    assert snapshot(root) == original  # byte for byte, and the adapters' folder gone with its byte code
+    assert not (root / engine.RUNTIME).exists()
     assert patch.main([renderer, str(root), "--revert"]) == 0
     assert snapshot(root) == original
+
+
+def test_commit_note_reads_the_checkouts_own_repository(tmp_path, capsys):
+    """A renderer vendored inside another repository is not at that repository's HEAD: no note about it."""
+    def commit(folder):
+        subprocess.run(["git", "init", "-q", str(folder)], check=True)
+        subprocess.run(["git", "-C", str(folder), "add", "-A"], check=True)
+        subprocess.run(["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                       check=True)
+        return subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    outer = tmp_path / "project"
+    root = copy_checkout("synctalk", outer / "third_party" / "SyncTalk")
+    commit(outer)
+    assert patch.main(["synctalk", str(root)]) == 0
+    assert "note:" not in capsys.readouterr().out
+    assert patch.main(["synctalk", str(root), "--revert"]) == 0
+    head = commit(root)  # now a repository of its own, at a commit other than the verified one
+    assert patch.main(["synctalk", str(root)]) == 0
+    assert f"this checkout is at {head[:7]}" in capsys.readouterr().out
 
 
 def test_dry_run_prints_the_diff_and_writes_nothing(tmp_path, capsys):
@@ -160,7 +191,8 @@ def test_command_line_runs_as_a_program(tmp_path):
     root = copy_checkout("talkinggaussian", tmp_path / "tg")
     exe = shutil.which("se4lip-patch")  # the console script, once the package is installed
     cmd = [exe] if exe else [sys.executable, "-m", "se4lip_features.adapters.patch"]
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    # no PYTHONPATH=<checkout>: its se4lip_features lacks adapters/, which a regular install puts inside the package
+    env = {"PATH": "/usr/bin:/bin"}
     done = subprocess.run([*cmd, "talkinggaussian", str(root)], capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     done = subprocess.run([*cmd, "talkinggaussian", str(root), "--check"], capture_output=True, text=True, env=env,
@@ -192,6 +224,74 @@ def test_read_features_checks_the_sidecar(tmp_path):
     sidecar_path(npy).unlink()
     with pytest.raises(FileNotFoundError, match="f.json"):
         common.read_features(npy)
+
+
+def test_stale_features_are_refused_when_aud_wav_was_replaced(data, default_weights):
+    extract_file(data / "aud.wav", data / "aud_se4lip.npy")
+    write_wav(data / "aud.wav", N_FRAMES / 25, hz=330)  # other audio, the same length
+    with pytest.raises(FeatureError, match=r"aud_se4lip.npy: extracted from a aud.wav with SHA-256 \w{12}, but .* "
+                                           r"the audio was replaced .*`se4lip-extract .*aud.wav -o .*aud_se4lip.npy "
+                                           r"--weights .*tiny.safetensors --force`"):
+        common.load_features(data, "", "aud_id")
+    meta = extract_file(data / "aud.wav", data / "aud_se4lip.npy", force=True)  # what the message says to run
+    assert common.load_features(data, "", "aud_id").shape == (meta["n_frames"], 16, DIM)
+
+
+def test_missing_sidecar_hint_is_a_command_that_works(data, default_weights):
+    npy = data / "aud_se4lip.npy"
+    extract_file(data / "aud.wav", npy)
+    sidecar_path(npy).unlink()
+    with pytest.raises(FileNotFoundError, match=r"write both again with `se4lip-extract AUDIO -o .*aud_se4lip.npy "
+                                                r"--force`"):
+        common.load_features(data, "", "aud_id")
+    assert cli.extract_main([str(data / "aud.wav"), "-o", str(npy), "--force"]) == 0
+    assert common.load_features(data, "", "aud_id").shape == (N_FRAMES, 16, DIM)
+
+
+def test_frame_count_hint_knows_when_aud_wav_itself_is_short(data, default_weights, tmp_path):
+    write_wav(data / "aud.wav", 20 / 25)  # 20 frames of audio for 30 video frames
+    extract_file(data / "aud.wav", data / "aud_se4lip.npy")
+    with pytest.raises(FeatureError, match=r"20 feature rows for 30 video frames .* they came from .*aud.wav, which "
+                                           r"is itself that short or long: .* data_utils/process.py$"):
+        common.load_features(data, "", "aud_id")
+    other = tmp_path / "clip.wav"  # features from another file: then re-extracting from aud.wav is the advice
+    write_wav(other, 20 / 25)
+    extract_file(other, data / "aud_se4lip.npy", force=True)
+    with pytest.raises(FeatureError, match=r"re-extract from this video's audio: `se4lip-extract .*aud.wav -o "):
+        common.load_features(data, "", "aud_id")
+
+
+def test_concurrent_extractions_leave_one_whole_pair(data, default_weights):
+    """Two processes (TalkingGaussian's face and mouth training) extract the missing features at once."""
+    code = ("import sys; from se4lip_features import weights; weights.DEFAULT_NAME = sys.argv[2]; "
+            "from se4lip_features.adapters import common; print(common.load_features(sys.argv[1], '', 'aud_id').shape)")
+    runs = [subprocess.Popen([sys.executable, "-I", "-c", code, str(data), str(default_weights["tiny"])],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outs
+    assert [out.strip() for out, _ in outs] == [f"({N_FRAMES}, 16, {DIM})"] * 2
+    assert sorted(p.name for p in data.iterdir() if p.name.startswith(("aud_se4lip", ".aud_se4lip"))) == [
+        "aud_se4lip.json", "aud_se4lip.npy"]  # no temporaries left
+    feats, meta = common.read_features(data / "aud_se4lip.npy")
+    assert meta["audio_sha256"] == weights.sha256_file(data / "aud.wav") and feats.shape == (N_FRAMES, 16, DIM)
+
+
+def test_the_sidecar_is_in_place_before_the_features(data, default_weights, monkeypatch):
+    """A reader that finds aud_se4lip.npy (the adapters key on it) always finds its sidecar."""
+    renamed = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(Path(dst).name), real(src, dst)))
+    extract_file(data / "aud.wav", data / "aud_se4lip.npy")
+    assert renamed == ["aud_se4lip.json", "aud_se4lip.npy"]
+
+
+@needs_av
+def test_video_test_audio_is_accepted_like_se4lip_extract_does(data, default_weights, tmp_path):
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, 1.0)
+    clip = tmp_path / "clip.mp4"  # a container ffmpeg (PyAV) opens by its contents, as se4lip-extract does
+    clip.write_bytes(wav.read_bytes())
+    np.testing.assert_array_equal(common.load_features(data, clip, "aud_id"), common.load_features(data, wav, "aud_id"))
 
 
 def test_missing_features_and_wav_name_both_paths(tmp_path):
@@ -294,14 +394,32 @@ def test_synctalk_cross_driven_errors_raise(checkout, data, default_weights, tmp
     sidecar_path(wide).unlink()
     with pytest.raises(FileNotFoundError, match="wide.json"):
         load(wide)
-    with pytest.raises(FeatureError, match="must be a .npy written by se4lip-extract or an audio file"):
+    (tmp_path / "speech.txt").write_text("not audio")  # any file goes to se4lip-extract, which names the problem
+    with pytest.raises(ValueError, match="speech.txt"):
         load(tmp_path / "speech.txt")
 
 
-def test_wav_needs_the_avatars_weights(data, default_weights):
-    extract_file(data / "aud.wav", data / "aud_se4lip.npy", weights=str(default_weights["other"]))
-    with pytest.raises(FeatureError, match="which are not installed here"):
-        common.load_features(data, data / "aud.wav", "aud_id")
+def test_wav_is_extracted_with_the_avatars_own_weights(data, default_weights, tmp_path):
+    """Test audio gets the weights of the training features (fine-tuned here), found by the sidecar's source."""
+    finetuned = tmp_path / "finetuned.safetensors"
+    shutil.copy(default_weights["other"], finetuned)
+    extract_file(data / "aud.wav", data / "aud_se4lip.npy", weights=str(finetuned))
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, 1.0)
+    expected = tmp_path / "expected.npy"
+    extract_file(wav, expected, weights=str(default_weights["other"]))
+    np.testing.assert_array_equal(common.load_features(data, wav, "aud_id"), np.load(expected))
+    finetuned.unlink()  # gone: the default weights are not these, so no silent substitute
+    with pytest.raises(FeatureError, match=r"trained on features from weights finetuned \(\w{12}\), which cannot "
+                                           r"be used here .*no such weights file.*--weights PATH_TO_THOSE"):
+        common.load_features(data, wav, "aud_id")
+
+
+def test_hub_weights_are_recorded_by_their_address(data, default_weights, monkeypatch):
+    uri = "hf://owner/repo/tuned.safetensors@v1"
+    monkeypatch.setattr(weights, "_from_hub", lambda name: default_weights["other"])
+    meta = extract_file(data / "aud.wav", data / "aud_se4lip.npy", weights=uri)
+    assert meta["weights"] == "tuned" and meta["weights_source"] == uri
 
 
 @pytest.mark.parametrize("rows, ok", [(27, False), (29, True), (31, True), (32, False)])
@@ -345,7 +463,7 @@ def test_synctalk_refuses_live_asr_and_emb(checkout, data, default_weights):
         network.NeRFNetwork(synctalk_opt(data, emb=True))
 
 
-def test_synctalk_test_video_gets_the_test_audio(checkout, data, default_weights, tmp_path, monkeypatch):
+def test_synctalk_test_video_gets_the_test_audio(checkout, data, default_weights, tmp_path, monkeypatch, caplog):
     checkout("synctalk")
     utils = importlib.import_module("nerf_triplane.utils")
     calls = []
@@ -367,8 +485,9 @@ def test_synctalk_test_video_gets_the_test_audio(checkout, data, default_weights
         raise FileNotFoundError("ffmpeg")
 
     monkeypatch.setattr(common.subprocess, "run", no_ffmpeg)
-    with pytest.raises(RuntimeError, match="ffmpeg not found"):
+    with caplog.at_level(logging.WARNING, logger="se4lip_features"):  # the render is written: warn, do not fail
         utils.Trainer(synctalk_opt(data, aud=str(wav))).test(None, save_path=str(out))
+    assert "could not add the audio to" in caplog.text and "ffmpeg not found" in caplog.text
 
 
 # -- TalkingGaussian, patched ------------------------------------------------------------------------
@@ -421,7 +540,7 @@ def test_talkinggaussian_cross_driven_warns_when_cameras_run_out(checkout, data,
         cameras = readers.readCamerasFromTransforms(str(data), "transforms_val.json", False, ".jpg", str(wav), "se4lip")
     assert len(cameras) == 3 and cameras[0]["auds"].shape == (8, DIM, 16)
     assert "transforms_val.json has 3 cameras for the 50 frames" in caplog.text
-    with pytest.raises(FeatureError, match="must be a .npy"):
+    with pytest.raises(ValueError, match="is a directory, not an audio file"):
         readers.readCamerasFromTransforms(str(data), "transforms_val.json", False, ".jpg", str(data), "se4lip")
 
 

@@ -12,16 +12,29 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import runpy
+import shutil
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from adapter_helpers import N_FRAMES, N_TRAIN, copy_checkout, snapshot, write_features, write_wav
+from adapter_helpers import (
+    N_FRAMES,
+    N_TRAIN,
+    block_package,
+    copy_checkout,
+    extract_command,
+    snapshot,
+    write_features,
+    write_wav,
+)
 from se4lip_features.adapters import common, engine, instag, patch
 from se4lip_features.adapters.common import CheckpointError, FeatureError
 
+from se4lip_features import audio, extract, weights
 from se4lip_features.extract import extract_file
 from se4lip_features.frames import LAYOUTS
 
@@ -150,13 +163,93 @@ def test_own_features_still_work_in_a_patched_checkout(checkout, data, renderer)
 
 
 @pytest.mark.parametrize("renderer", ALL)
-def test_own_features_run_without_the_package(checkout, data, renderer, without_package):
+def test_runs_without_the_package(checkout, data, weights_512, renderer, monkeypatch, tmp_path):
+    """Without se4lip_features: own features as before, se4lip from a precomputed file, and a one-line stop."""
     checkout(renderer, EOL.get(renderer, "\n"))
     native_features(data)
+    extract_file(data / "aud.wav", data / "aud_se4lip.npy")
+    with_package = RUN[renderer](data, "se4lip")[0]
+    block_package(monkeypatch)
+    monkeypatch.delenv("SE4LIP_EXTRACT", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no se4lip-extract either
     window, _ = RUN[renderer](data, "native")
     assert window.shape == (8, DS, 16)
-    with pytest.raises(ImportError, match="blocked by the test"):  # ...while an se4lip run does need it
+    window, _ = RUN[renderer](data, "se4lip")  # numpy reads the features: the checkout's se4lip_adapters
+    torch.testing.assert_close(window, with_package, rtol=0, atol=0)
+    assert "se4lip_adapters.common" in sys.modules and "se4lip_features" not in sys.modules
+    (data / "aud_se4lip.npy").unlink()
+    with pytest.raises(ValueError, match=r"se4lip_features is not installed in this Python .* no se4lip-extract is "
+                                         r"on PATH; install se4lip-features here, or set SE4LIP_EXTRACT="):
         RUN[renderer](data, "se4lip")
+
+
+@pytest.mark.parametrize("renderer", ["synctalk", "talkinggaussian"])
+def test_se4lip_extract_of_another_environment_writes_the_same_bytes(checkout, data, weights_512, renderer,
+                                                                       monkeypatch, tmp_path):
+    """Missing features extracted by $SE4LIP_EXTRACT (a subprocess) equal those the package writes in-process."""
+    checkout(renderer)
+    RUN[renderer](data, "se4lip")  # the package extracts aud_se4lip.npy itself
+    in_process = {p: (data / p).read_bytes() for p in ("aud_se4lip.npy", "aud_se4lip.json")}
+    window_in_process = RUN[renderer](data, "se4lip")[0]
+    for name in in_process:
+        (data / name).unlink()
+    block_package(monkeypatch)
+    monkeypatch.setenv("SE4LIP_EXTRACT", str(extract_command(tmp_path, weights_512)))
+    window, _ = RUN[renderer](data, "se4lip")
+    assert {p: (data / p).read_bytes() for p in in_process} == in_process  # bit for bit, sidecar included
+    torch.testing.assert_close(window, window_in_process, rtol=0, atol=0)
+    assert "se4lip_features" not in sys.modules
+
+
+# What a renderer process runs, on its own: a patched checkout's reader and network, for deepspeech or se4lip.
+RENDERER_RUN = {
+    "synctalk": ("import argparse, numpy, importlib; "
+                 "opt = argparse.Namespace(path=DATA, aud='', asr=False, emb=False, preload=0, asr_model=FEATURE); "
+                 "window = importlib.import_module('nerf_triplane.provider').NeRFDataset(opt, 'cpu', 'train').window(5); "
+                 "importlib.import_module('nerf_triplane.network').NeRFNetwork(opt).encode_audio(window)"),
+    "talkinggaussian": ("import argparse, numpy, importlib; "
+                        "args = argparse.Namespace(source_path=DATA, audio='', audio_extractor=FEATURE); "
+                        "window = importlib.import_module('scene.dataset_readers').readCamerasFromTransforms("
+                        "DATA, 'transforms_train.json', False, '.jpg', '', FEATURE)[5]['auds']; "
+                        "importlib.import_module('scene.motion_net').MotionNetwork(args=args).encode_audio(window)"),
+}
+
+
+@pytest.mark.parametrize("renderer", sorted(RENDERER_RUN))
+def test_renderer_environment_without_the_package(checkout, data, renderer, tmp_path):
+    """A renderer's interpreter where se4lip_features cannot be imported: its deepspeech features as before, and
+    se4lip features extracted by the se4lip-extract of another environment ($SE4LIP_TEST_EXTRACT in CI: the
+    modern one, while this test runs in the renderers' Python 3.7/3.8), equal to this environment's own."""
+    other = os.environ.get("SE4LIP_TEST_EXTRACT") or shutil.which("se4lip-extract")
+    if not other:
+        pytest.skip("no se4lip-extract to stand for another environment (set SE4LIP_TEST_EXTRACT)")
+    root = checkout(renderer)
+    native_features(data)
+    stub = tmp_path / "stub" / "se4lip_features"  # shadows the installed package, as if it were not installed
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('se4lip_features is not installed here (test stub)')\n")
+
+    def run(feature):
+        code = (f"import sys; sys.path[:0] = [{str(stub.parent)!r}, {str(root)!r}]; DATA, FEATURE = {str(data)!r}, "
+                f"{feature!r}; {RENDERER_RUN[renderer]}; "
+                f"numpy.save({str(tmp_path / 'window.npy')!r}, window.numpy()); "
+                "assert 'se4lip_features' not in sys.modules or not hasattr(sys.modules['se4lip_features'], 'load')")
+        env = dict(os.environ, SE4LIP_EXTRACT=other, PYTHONNOUSERSITE="1")
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        return np.load(tmp_path / "window.npy"), done.stderr
+
+    window, _ = run("deepspeech")
+    assert window.shape == (8, DS, 16)
+    window, log = run("se4lip")
+    assert f"running {other}" in log  # extracted by the other environment
+    feats, meta = common.read_features(data / "aud_se4lip.npy")
+    assert meta["weights"] == weights.DEFAULT_NAME and window.shape == (8, meta["dim"], 16)
+    np.testing.assert_array_equal(window[0], feats[1].T)
+    # ...the same features as this environment extracts itself (bit for bit in one environment; across
+    # Python/torch versions within the golden test's 1e-4)
+    np.testing.assert_allclose(feats, extract.load().extract(audio.load_audio(data / "aud.wav"), audio.SAMPLE_RATE), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("renderer", ALL)

@@ -165,7 +165,7 @@ def test_extract_file_writes_features_and_sidecar(extractor, tiny_weights, speec
     assert json.loads((tmp_path / "sub" / "aud_se4lip.json").read_text()) == meta == {
         "dim": TINY_MODEL.embed_dim, "layout": "hubert", "window": 2, "fps": 30.0, "n_frames": 36,
         "scale": "unit-norm embedding x sqrt(dim)", "weights": "tiny", "weights_sha256": sha256_file(tiny_weights),
-        "precision": "fp32", "audio": "speech.wav", "audio_sha256": sha256_file(SPEECH), "version": __version__,
+        "weights_source": str(tiny_weights.resolve()), "precision": "fp32", "audio": "speech.wav", "audio_sha256": sha256_file(SPEECH), "version": __version__,
     }
     assert sidecar.read_sidecar(out) == meta
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["aud_se4lip.json", "aud_se4lip.npy"]
@@ -215,6 +215,10 @@ def test_read_features_checks_the_array_against_its_sidecar(extractor, tmp_path)
     feats, meta = se4lip_features.read_features(out)
     assert feats.shape == (30, 2, extractor.dim) and meta["layout"] == "hubert" and meta["n_frames"] == 30
     np.save(out, feats[:-1])
-    with pytest.raises(ValueError, match=r"aud_se4lip.npy: holds an array of shape \(29, 2, 32\), its sidecar "
+    with pytest.raises(ValueError, match=r"aud_se4lip.npy: array of shape \(29, 2, 32\), but its sidecar "
                                          r"describes \(30, 2, 32\)"):
+        se4lip_features.read_features(out)
+    feats[3, 1, 2] = np.inf  # the one reader also refuses what the renderers could not train on
+    np.save(out, feats)
+    with pytest.raises(ValueError, match="must be finite floats"):
         se4lip_features.read_features(out)
