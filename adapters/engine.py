@@ -280,19 +280,20 @@ def write(changes: list[FileChange]) -> None:
     staged = []
     try:
         for change in changes:
-            fd, tmp = tempfile.mkstemp(prefix=change.path.name + ".", suffix=".se4lip-tmp", dir=change.path.parent)
+            real = Path(os.path.realpath(change.path))  # a symlinked file keeps its link: its target is rewritten
+            fd, tmp = tempfile.mkstemp(prefix=real.name + ".", suffix=".se4lip-tmp", dir=real.parent)
             with os.fdopen(fd, "wb") as f:
                 f.write(change.new)
-            shutil.copymode(change.path, tmp)
-            staged.append((tmp, change.path))
+            shutil.copymode(real, tmp)
+            staged.append((tmp, real))
         done = []
         try:
             for (tmp, path), change in zip(staged, changes):
                 os.replace(tmp, path)
-                done.append(change)
+                done.append((path, change))
         except OSError:
-            for change in done:
-                change.path.write_bytes(change.old)
+            for path, change in done:
+                path.write_bytes(change.old)
             raise
     finally:
         for tmp, _ in staged:

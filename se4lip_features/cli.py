@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
 import platform
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from tqdm import tqdm
@@ -29,6 +33,43 @@ def _fail(prog: str, message: object) -> int:
     """Report a fatal problem as one line on stderr; returns the exit status 1."""
     _error(prog, message)
     return 1
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is so that ``finally`` blocks and atomic writers clean up."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def tool(prog: str):
+    """Decorate a ``main``: SIGTERM and SIGHUP stop it like Ctrl-C, and any of the three ends in one line on
+    stderr and the conventional exit status 128 + signal number, with no temporary file left behind."""
+    def wrap(main):
+        @functools.wraps(main)
+        def run(argv=None) -> int:
+            previous = {}
+            if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+                previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}
+            try:
+                return main(argv)
+            except KeyboardInterrupt as err:
+                signum = getattr(err, "signum", signal.SIGINT)
+                _error(prog, f"stopped by {signal.Signals(signum).name}; no partial output was kept")
+                return 128 + signum
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+        return run
+    return wrap
 
 
 def tools_env_problem() -> str | None:
@@ -126,6 +167,7 @@ def _add_precision_flag(parser) -> None:
                              "%(default)s)")
 
 
+@tool("se4lip-extract")
 def extract_main(argv: list[str] | None = None) -> int:
     """``se4lip-extract``; returns the exit status. A failing input is reported and the others still run."""
     parser = extract_parser()
@@ -144,7 +186,8 @@ def extract_main(argv: list[str] | None = None) -> int:
             meta = extract.extract_file(source, target, extractor=extractor, fps=args.fps, layout=args.layout,
                                         batch_size=args.batch_size, force=args.force,
                                         progress=tty and len(jobs) == 1)
-        except (audio.AudioError, OSError) as err:  # this input only (bad audio, output exists, disk full)
+        except (audio.AudioError, OSError, ValueError) as err:  # this input only (bad audio, output exists,
+            # disk full, features that are not finite)
             _error(parser.prog, err)
             failed += 1
             continue
@@ -178,7 +221,7 @@ def _extract_jobs(inputs: list[Path], output: Path | None, prog: str) -> tuple[l
             failed += 1
 
     several = len(inputs) > 1 or any(item.is_dir() for item in inputs)
-    to_file = output is not None and output.suffix == ".npy"
+    to_file = output is not None and output.suffix.lower() == ".npy"  # -o UP.NPY names a file, not a folder
     if to_file and several:
         _error(prog, f"-o {output}: several inputs need a folder to write into, not a .npy file")
         return [], failed + 1
@@ -226,6 +269,7 @@ def prepare_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@tool("se4lip-prepare")
 def prepare_main(argv=None) -> int:
     problem = tools_env_problem()
     if problem:
@@ -300,6 +344,7 @@ def _add_field_flag(group, field, choices=None) -> None:
                            metavar=None if choices else field.name.upper(), help="(default: %(default)s)")
 
 
+@tool("se4lip-train")
 def train_main(argv=None) -> int:
     problem = tools_env_problem()
     if problem:
@@ -349,6 +394,7 @@ def eval_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@tool("se4lip-eval")
 def eval_main(argv=None) -> int:
     problem = tools_env_problem()
     if problem:
