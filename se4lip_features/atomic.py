@@ -72,3 +72,15 @@ def replacing(*targets: Path, folder: bool = False) -> Iterator[list[Path]]:
     finally:
         for path in (*temps, *backups.values()):
             remove(path)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file (a report, a JSON) atomically: readers see the old file or the new one, never half."""
+    with replacing(Path(path)) as (tmp,):
+        tmp.write_text(text)
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> None:
+    """Save a matplotlib figure as a PNG atomically."""
+    with replacing(Path(path)) as (tmp,):
+        fig.savefig(tmp, dpi=dpi, format="png")

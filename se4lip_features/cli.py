@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
@@ -70,6 +69,12 @@ def tool(prog: str):
                     signal.signal(sig, handler)
         return run
     return wrap
+
+
+def _usage(prog: str, message: object) -> int:
+    """Report a bad argument as one line on stderr; returns the usage exit status 2."""
+    _error(prog, f"error: {message}")
+    return 2
 
 
 def tools_env_problem() -> str | None:
@@ -259,13 +264,15 @@ def prepare_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", type=Path,
                         help="videos, folders of videos, or renderer data folders (aud.wav + ori_imgs/*.jpg/.lms)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output dataset folder")
-    parser.add_argument("--fps", type=float, default=25.0, help="video rate the frames are resampled to")
-    parser.add_argument("--crop", type=int, nargs=2, default=(48, 96), metavar=("H", "W"), help="lip crop size")
-    parser.add_argument("--crop-scale", type=float, default=1.2,
+    parser.add_argument("--fps", type=_positive_float, default=25.0, help="video rate the frames are resampled to")
+    parser.add_argument("--crop", type=_positive_int, nargs=2, default=(48, 96), metavar=("H", "W"),
+                        help="lip crop size")
+    parser.add_argument("--crop-scale", type=_positive_float, default=1.2,
                         help="crop width as a multiple of the outer-eye-corner distance")
-    parser.add_argument("--segment", type=float, default=10.0,
+    parser.add_argument("--segment", type=_positive_float, default=10.0,
                         help="seconds per clip: longer videos are cut, so the validation split can hold some out")
-    parser.add_argument("-f", "--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="replace an existing output folder, if it is a dataset written by se4lip-prepare")
     return parser
 
 
@@ -281,6 +288,12 @@ def prepare_main(argv=None) -> int:
 
     if args.out.exists() and not args.force:
         return _fail(parser.prog, f"{args.out}: exists (use --force to replace it)")
+    if args.out.exists() and not data.is_prepared(args.out):
+        return _fail(parser.prog, f"{args.out}: exists and is not a dataset written by se4lip-prepare, so --force "
+                                  "does not replace it; remove it yourself or choose another -o")
+    inside = [p for p in args.inputs if args.out.resolve() in (p.resolve(), *p.resolve().parents)]
+    if inside:
+        return _fail(parser.prog, f"{inside[0]}: is inside the output folder {args.out}; choose another -o")
     renderer = [p for p in args.inputs if (p / "aud.wav").is_file() and (p / "ori_imgs").is_dir()]
     kw = {"fps": args.fps, "height": args.crop[0], "width": args.crop[1], "scale": args.crop_scale,
           "segment_s": args.segment}
@@ -356,15 +369,20 @@ def train_main(argv=None) -> int:
     args = parser.parse_args(argv)
     _setup_logging()
     values = vars(args)
-    cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)})
-    model_cfg = ModelConfig(**{name: values[name] for name in MODEL_FLAGS})
+    try:
+        cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)})
+        model_cfg = ModelConfig(**{name: values[name] for name in MODEL_FLAGS})
+    except ValueError as err:
+        return _usage(parser.prog, f"--{str(err).replace('_', '-')}")
     out = args.out or args.data[0].with_name(args.data[0].name + "-se4lip-run")
     if (out / "ckpt.pt").exists() and not args.resume:
         return _fail(parser.prog, f"{out}: holds a checkpoint; pass --resume to continue it or -o for a new run")
+    if args.resume and not (out / "ckpt.pt").is_file():
+        return _fail(parser.prog, f"{out / 'ckpt.pt'}: no checkpoint to resume; start the run without --resume")
     try:
         history = train(args.data, out, cfg, model_cfg, init=args.init, resume=args.resume, device=args.device,
                         stop_at=args.stop_at)
-    except (OSError, ValueError, weights.WeightsError) as err:
+    except (OSError, ValueError, weights.WeightsError, FloatingPointError) as err:
         return _fail(parser.prog, err)
     done = (out / "final.safetensors").exists() and history["step"][-1] == cfg.steps
     accuracy = f", validation sync accuracy {history['val_acc'][-1]:.3f}" if history["val_acc"] else ""
@@ -412,9 +430,21 @@ def _eval_sync(args) -> int:
 
     from tqdm import tqdm
 
-    from . import evaluate
+    from . import atomic, evaluate
     from .training.data import PreparedData, prepare_videos
 
+    # Every argument is checked before any work, so results are never computed and then lost.
+    wanted = None
+    if args.ids is not None:
+        try:
+            wanted = _read_ids(args.ids)
+        except (OSError, ValueError) as err:
+            return _fail("se4lip-eval", err)
+    if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
+        return _fail("se4lip-eval", f"-o {args.out}: " + ("is a folder; name the JSON file to write"
+                                                           if args.out.is_dir() else "its folder does not exist"))
+    if args.plot is not None and args.plot.exists() and not args.plot.is_dir():
+        return _fail("se4lip-eval", f"--plot {args.plot}: exists and is not a folder")
     try:
         extractor = extract.load(args.weights, args.device, precision=args.precision)
     except (weights.WeightsError, ValueError) as err:
@@ -431,10 +461,11 @@ def _eval_sync(args) -> int:
         except (OSError, ValueError, ImportError) as err:
             return _fail("se4lip-eval", err)
         clips = data.clips
-        if args.ids is not None:
-            text = args.ids.read_text()
-            wanted = set(json.loads(text)["val"] if text.lstrip().startswith("{") else text.split())
+        if wanted is not None:
             clips = [c for c in clips if c.id in wanted]
+            if not clips:
+                return _fail("se4lip-eval", f"--ids {args.ids}: none of its {len(wanted)} ids is a clip of "
+                                            f"{data.root} ({len(data.clips)} clips)")
         results = {}
         for clip in tqdm(clips, desc="sync", unit="clip"):
             results[clip.id] = evaluate.clip_sync(model, data.clip_audio(clip), data.clip_lips(clip),
@@ -444,7 +475,7 @@ def _eval_sync(args) -> int:
         list(results.values())), "clips": results}
     text = json.dumps(report, indent=1)
     if args.out:
-        args.out.write_text(text + "\n")
+        atomic.write_text(args.out, text + "\n")
     else:
         print(text)
     if args.plot:
@@ -453,6 +484,26 @@ def _eval_sync(args) -> int:
     print(f"{s['n_clips']} clips: accuracy {s['accuracy']:.3f} (|offset| <= 1), exact {s['exact_accuracy']:.3f}, "
           f"mean offset {s['mean_offset']:+.2f} frames", file=sys.stderr)
     return 0
+
+
+def _read_ids(path: Path) -> set[str]:
+    """Clip ids from a JSON file {'val': [ids]} (a run's split.json) or a text file of one id a line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--ids {path}: no such file")
+    text = path.read_text()
+    if not text.lstrip().startswith("{"):
+        ids = set(text.split())
+    else:
+        try:
+            ids = json.loads(text).get("val")
+        except ValueError as err:
+            raise ValueError(f"--ids {path}: not valid JSON ({err})") from err
+        if not isinstance(ids, list):
+            raise ValueError(f"--ids {path}: a JSON file needs a 'val' list of clip ids (as in a run's split.json)")
+        ids = set(map(str, ids))
+    if not ids:
+        raise ValueError(f"--ids {path}: holds no clip ids")
+    return ids
 
 
 def lmd_parser() -> argparse.ArgumentParser:
