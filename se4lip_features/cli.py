@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import math
+import os
 import platform
 import re
 import signal
@@ -43,6 +44,13 @@ class Stopped(KeyboardInterrupt):
 
 
 def _raise_stopped(signum, frame):
+    # An exception cannot unwind through a native module's initialisation (soxr's aborts the process): a signal
+    # arriving during an import is delivered again a moment later instead.
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        frame = frame.f_back
     raise Stopped(signum)
 
 
@@ -304,7 +312,8 @@ def prepare_main(argv=None) -> int:
                                           "with videos)")
             meta = data.prepare_renderer_folder(renderer[0], args.out, **kw)
         else:
-            meta = data.prepare_videos(_media_files(args.inputs, audio.VIDEO_SUFFIXES), args.out, **kw)
+            meta = data.prepare_videos(_media_files(args.inputs, audio.VIDEO_SUFFIXES), args.out,
+                                       progress=sys.stderr.isatty(), **kw)
     except (OSError, ValueError, ImportError) as err:
         return _fail(parser.prog, err)
     clips = meta["clips"]
@@ -381,7 +390,7 @@ def train_main(argv=None) -> int:
         return _fail(parser.prog, f"{out / 'ckpt.pt'}: no checkpoint to resume; start the run without --resume")
     try:
         history = train(args.data, out, cfg, model_cfg, init=args.init, resume=args.resume, device=args.device,
-                        stop_at=args.stop_at)
+                        stop_at=args.stop_at, progress=sys.stderr.isatty())
     except (OSError, ValueError, weights.WeightsError, FloatingPointError) as err:
         return _fail(parser.prog, err)
     done = (out / "final.safetensors").exists() and history["step"][-1] == cfg.steps
@@ -456,7 +465,8 @@ def _eval_sync(args) -> int:
                 data = PreparedData(args.inputs[0])
             else:
                 prepare_videos(_media_files(args.inputs, audio.VIDEO_SUFFIXES), Path(tmp) / "data", fps=cfg.fps,
-                               height=cfg.lip_height, width=cfg.lip_width, scale=cfg.lip_crop_scale, segment_s=None)
+                               height=cfg.lip_height, width=cfg.lip_width, scale=cfg.lip_crop_scale, segment_s=None,
+                               progress=sys.stderr.isatty())
                 data = PreparedData(Path(tmp) / "data")
         except (OSError, ValueError, ImportError) as err:
             return _fail("se4lip-eval", err)

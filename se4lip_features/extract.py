@@ -240,6 +240,7 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
                 n_frames = _write_npy(f, rows, (LAYOUTS[layout], extractor.dim), out_path)
             if n_frames < 1:
                 raise audio.AudioError(too_short_message(str(audio_path), source.n_samples, fps))
+            source.warn_if_unreliable()
             meta = sidecar.describe(dim=extractor.dim, layout=layout, window=LAYOUTS[layout], fps=fps,
                                     n_frames=n_frames, weights=extractor.name, weights_sha256=extractor.sha256,
                                     precision=extractor.precision, audio=audio_path.name,
@@ -250,7 +251,7 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
         if err.filename is not None:
             raise
         # a failed write to the temporary (disk full, file size limit) names no file: name the output
-        raise OSError(err.errno, f"{out_path}: cannot write ({err.strerror or err})") from err
+        raise OSError(f"{out_path}: cannot write ({err.strerror or err})") from err
     finally:
         source.close()
         if not done:

@@ -139,9 +139,8 @@ def prepare_videos(videos, out: Path, *, fps=25.0, height=48, width=96, scale=1.
     """
     from tqdm import tqdm
 
-    scheme = detector.scheme if detector else lips.MEDIAPIPE
+    scheme = detector.scheme if detector else lips.FaceMeshDetector.scheme
     writer = _Writer(Path(out), scheme, height, width, scale, fps)
-    detector = detector or lips.FaceMeshDetector()
     skipped = []  # one line per unusable video: reported once it is known whether any video was usable
     try:
         for path in tqdm(list(videos), desc="prepare", unit="video", disable=not progress):
@@ -152,6 +151,7 @@ def prepare_videos(videos, out: Path, *, fps=25.0, height=48, width=96, scale=1.
             except ValueError as err:  # audio.AudioError included
                 skipped.append(f"{err}, skipped")
                 continue
+            detector = detector or lips.FaceMeshDetector()  # made once a video is usable: mediapipe is slow to start
             landmarks = detector(frames)
             if np.isnan(landmarks).all():
                 skipped.append(f"{path}: no face found in any frame, skipped")
@@ -159,7 +159,8 @@ def prepare_videos(videos, out: Path, *, fps=25.0, height=48, width=96, scale=1.
             writer.add(path.stem, *_clip_arrays(wav, frames, landmarks, detector.scheme, height, width, scale, fps),
                        segment_frames=_segment_frames(segment_s, fps))
     finally:
-        detector.close()
+        if detector is not None:
+            detector.close()
     if not writer.meta["clips"]:
         raise ValueError(f"no usable video, nothing written: {'; '.join(skipped)}")
     for line in skipped:
