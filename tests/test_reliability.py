@@ -258,6 +258,23 @@ def test_a_video_without_audio_or_frames_is_skipped_not_the_run(tmp_path, caplog
 
 # -- extraction: non-finite features, pairs, warnings -------------------------------------------------
 
+@needs_av
+@pytest.mark.parametrize("suffix, stated, held", [(".mp3", "3.60", "1.77"), (".mp4", "2.98", "1.41")])
+def test_truncated_compressed_media_warn(tmp_path, extractor, caplog, suffix, stated, held):
+    if suffix == ".mp3":
+        wav, sr = soundfile.read(write_wav(tmp_path / "full.wav", 3.6), dtype="float32")
+        soundfile.write(tmp_path / "full.mp3", wav, sr)
+    else:
+        shutil.copy(GRID / f"{CLIPS[0]}.mp4", tmp_path / "full.mp4")
+    data = (tmp_path / f"full{suffix}").read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: int(len(data) * (0.5 if suffix == ".mp3" else 0.6))])
+    with caplog.at_level(logging.WARNING):
+        extract.extract_file(cut, tmp_path / "cut.npy", extractor=extractor)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{cut}: truncated: its header states {stated} s, its data holds {held} s"]
+
+
 def test_extraction_never_writes_non_finite_features(tmp_path):
     model = tiny_model(0)
     with torch.no_grad():
