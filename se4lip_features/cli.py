@@ -526,11 +526,11 @@ def lmd_parser() -> argparse.ArgumentParser:
                    help="feature types: log-mel, mfcc, stft, SE4Lip .safetensors or se4lip-train ckpt.pt")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder (probe.json, probe.md, probe.png)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, default=ProbeConfig.steps)
-    p.add_argument("--val-clips", type=int, default=60, help="held-out utterances (PreparedData.split)")
+    p.add_argument("--steps", type=_positive_int, default=ProbeConfig.steps)
+    p.add_argument("--val-clips", type=_positive_int, default=60, help="held-out utterances (PreparedData.split)")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--split", type=Path, help="split.json of a training run (its 'val' ids are held out)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads")
     _add_precision_flag(p)
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing probe.json")
     return p
@@ -543,8 +543,12 @@ def _eval_lmd(args) -> int:
     from .training.data import PreparedData
 
     prog = "se4lip-eval lmd"
+    if args.out.exists() and not args.out.is_dir():
+        return _fail(prog, f"-o {args.out}: exists and is not a folder")
     if (args.out / "probe.json").exists() and not args.force:
         return _fail(prog, f"{args.out / 'probe.json'}: exists (use -f to overwrite)")
+    if args.split is not None and not args.split.is_file():
+        return _fail(prog, f"--split {args.split}: no such file")
     _setup_logging()
     torch.set_num_threads(args.threads)
     try:

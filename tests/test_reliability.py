@@ -188,6 +188,9 @@ CASES = {  # name: (main, argv, setup, exit status, the line on stderr; * matche
         eval_main, ["lmd", "{data}", "{tmp}/nan.safetensors", "-o", "{tmp}/probe"], _setup_nan, 1,
         ("se4lip-eval lmd: {tmp}/nan.safetensors: tensor speech.proj.bias holds NaN or infinite values; these "
         "weights cannot be used")),
+    "eval lmd -o naming a file": (
+        eval_main, ["lmd", "{data}", "log-mel", "-o", "{tmp}/plot.png"], _setup_plot, 1,
+        "se4lip-eval lmd: -o {tmp}/plot.png: exists and is not a folder"),
 }
 
 
