@@ -322,26 +322,28 @@ def write(changes: list[FileChange]) -> None:
     writes = [change for change in changes if change.new is not None]
     try:
         for change in writes:
-            change.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=change.path.name + ".", suffix=".se4lip-tmp", dir=change.path.parent)
+            # a symlinked file keeps its link: its target is rewritten
+            real = Path(os.path.realpath(change.path)) if change.old is not None else change.path
+            real.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=real.name + ".", suffix=".se4lip-tmp", dir=real.parent)
             with os.fdopen(fd, "wb") as f:
                 f.write(change.new)
             if change.old is None:
                 os.chmod(tmp, 0o644)
             else:
-                shutil.copymode(change.path, tmp)
-            staged.append((tmp, change.path))
+                shutil.copymode(real, tmp)
+            staged.append((tmp, real))
         done = []
         try:
             for (tmp, path), change in zip(staged, writes):
                 os.replace(tmp, path)
-                done.append(change)
+                done.append((path, change))
         except OSError:
-            for change in done:
+            for path, change in done:
                 if change.old is None:
-                    change.path.unlink()
+                    path.unlink()
                 else:
-                    change.path.write_bytes(change.old)
+                    path.write_bytes(change.old)
             raise
     finally:
         for tmp, _ in staged:

@@ -4,25 +4,33 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 
-def temp_beside(target: Path, folder: bool = False) -> Path:
+def temp_beside(target: Path, folder: bool = False, made: list[Path] | None = None) -> Path:
     """A new, empty file (or folder) next to ``target``, unique to this writer: ``.<name>.<random>.partial``.
 
     Beside the target so that renaming it into place stays on one file system; hidden so that folder scans
-    (``se4lip-extract folder/``) never pick it up.
+    (``se4lip-extract folder/``) never pick it up. The name is appended to ``made`` *before* the file is
+    created, so a signal arriving at any moment leaves nothing that the caller's clean-up does not know of.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    make = tempfile.mkdtemp if folder else tempfile.mkstemp
-    made = make(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-    if not folder:
-        os.close(made[0])
-        made = made[1]
-    return Path(made)
+    while True:
+        path = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+        if made is not None:
+            made.append(path)
+        try:
+            if folder:
+                os.mkdir(path)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:  # another writer's name: draw again
+            if made is not None:
+                made.pop()
 
 
 def remove(path: Path) -> None:
@@ -45,10 +53,12 @@ def replacing(*targets: Path, folder: bool = False) -> Iterator[list[Path]]:
     targets keep their contents. ``folder=True`` yields folders instead of files.
     """
     targets = tuple(Path(t) for t in targets)
-    temps = [temp_beside(t, folder) for t in targets]
+    temps = []
     backups = {}  # target -> its earlier contents, kept until every rename has succeeded
     replaced = 0
     try:
+        for target in targets:  # inside the try: a signal between two of them leaves none behind
+            temp_beside(target, folder, made=temps)
         yield temps
         for target in targets:
             if target.exists():
@@ -72,3 +82,15 @@ def replacing(*targets: Path, folder: bool = False) -> Iterator[list[Path]]:
     finally:
         for path in (*temps, *backups.values()):
             remove(path)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file (a report, a JSON) atomically: readers see the old file or the new one, never half."""
+    with replacing(Path(path)) as (tmp,):
+        tmp.write_text(text)
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> None:
+    """Save a matplotlib figure as a PNG atomically."""
+    with replacing(Path(path)) as (tmp,):
+        fig.savefig(tmp, dpi=dpi, format="png")

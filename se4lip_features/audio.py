@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000  # Hz, the rate every model input is resampled to
 N_FFT = 512  # 32 ms at 16 kHz
@@ -16,6 +19,8 @@ HOP_LENGTH = 128  # 8 ms at 16 kHz: 125 STFT frames per second
 N_FREQ = N_FFT // 2 + 1  # 257 linear-frequency bins, 0-8 kHz
 LOG_EPS = 1e-5  # floor of the magnitude before the log
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 96000  # input rates we accept
+QUIET_PEAK_DB = -20.0  # dBFS: below this peak level the features drift from those of the same speech at full level
+TRUNCATED_SLACK_S = 0.1  # audio this much shorter than its header states is reported as truncated
 BLOCK_SECONDS = 30.0  # audio per block when files are read and long extractions run: memory is bounded by it
 # Wav2Lip / SyncTalk-AVE's mel bands: the log-mel baseline and the ablation's mel front end
 MEL_BANDS = 80
@@ -41,7 +46,9 @@ def load_audio(path: str | Path) -> np.ndarray:
     samples and the same errors.
     """
     with AudioFile(path) as source:
-        return np.concatenate(list(source))
+        wav = np.concatenate(list(source))
+    source.warn_if_unreliable()
+    return wav
 
 
 class AudioFile:
@@ -75,6 +82,7 @@ class AudioFile:
             raise AudioError(f"{path}: sample rate {self.sr} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
         self.block = max(1, round((block_s or BLOCK_SECONDS) * self.sr))  # native samples per block
         self.n_samples = 0
+        self.peak = 0.0  # largest absolute sample read so far
 
     def __enter__(self):
         return self
@@ -94,6 +102,8 @@ class AudioFile:
                 raise AudioError(f"{self.path}: not a readable audio file ({_sndfile_reason(err)})") from err
         self.kind, self.sr = "soundfile", int(self.file.samplerate)
         self.duration_s = self.file.frames / self.sr if self.file.frames > 0 else None
+        if self.file.format == "WAV":  # libsndfile clips the stated length to the data there: read the header
+            self.duration_s = _wav_stated_seconds(self.path) or self.duration_s
         self.empty_message = "holds no samples"
 
     def _open_av(self) -> None:
@@ -158,6 +168,7 @@ class AudioFile:
                 if not np.isfinite(block).all():
                     raise AudioError(f"{self.path}: contains NaN or infinite samples")
                 seen += len(block)
+                self.peak = max(self.peak, float(np.abs(block).max(initial=0.0)))
                 if held is not None:
                     yield held
                 held = block if resampler is None else resampler.resample_chunk(block)
@@ -171,6 +182,46 @@ class AudioFile:
             yield np.ascontiguousarray(held, dtype=np.float32)
         finally:
             self.close()
+
+
+    def unreliable(self) -> list[str]:
+        """After reading: one line per reason not to trust features of this audio (truncated, too quiet)."""
+        problems = []
+        read_s = self.n_samples / SAMPLE_RATE
+        if self.duration_s is not None and read_s < self.duration_s - TRUNCATED_SLACK_S:
+            problems.append(f"{self.path}: truncated: its header states {self.duration_s:.2f} s, its data holds "
+                            f"{read_s:.2f} s")
+        peak_db = 20 * math.log10(max(self.peak, 1e-10))
+        if peak_db < QUIET_PEAK_DB:
+            problems.append(f"{self.path}: very quiet (peak {peak_db:.0f} dBFS, below {QUIET_PEAK_DB:.0f}): the "
+                            "features are unreliable; normalise the audio")
+        return problems
+
+    def warn_if_unreliable(self) -> None:
+        """Log :meth:`unreliable`'s lines as warnings."""
+        for line in self.unreliable():
+            log.warning("%s", line)
+
+
+def _wav_stated_seconds(path: Path) -> float | None:
+    """The duration a RIFF WAVE header states (its data chunk's size), or None where it states none."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, rate, frame_bytes = 12, 0, 0
+    while pos + 8 <= len(head):
+        chunk, size = head[pos: pos + 4], struct.unpack("<I", head[pos + 4: pos + 8])[0]
+        if chunk == b"fmt " and pos + 22 <= len(head):
+            rate = struct.unpack("<I", head[pos + 12: pos + 16])[0]
+            frame_bytes = struct.unpack("<H", head[pos + 20: pos + 22])[0]  # block align: bytes per frame
+        elif chunk == b"data":
+            unknown = size in (0, 0xFFFFFFFF)  # streamed WAVs leave the size unset
+            return None if unknown or not rate or not frame_bytes else size / frame_bytes / rate
+        pos += 8 + size + (size & 1)
+    return None
 
 
 def _import_av(path: Path):

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
+import os
 import platform
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from tqdm import tqdm
@@ -29,6 +33,56 @@ def _fail(prog: str, message: object) -> int:
     """Report a fatal problem as one line on stderr; returns the exit status 1."""
     _error(prog, message)
     return 1
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is so that ``finally`` blocks and atomic writers clean up."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    # An exception cannot unwind through a native module's initialisation (soxr's aborts the process): a signal
+    # arriving during an import is delivered again a moment later instead.
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        frame = frame.f_back
+    raise Stopped(signum)
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def tool(prog: str):
+    """Decorate a ``main``: SIGTERM and SIGHUP stop it like Ctrl-C, and any of the three ends in one line on
+    stderr and the conventional exit status 128 + signal number, with no temporary file left behind."""
+    def wrap(main):
+        @functools.wraps(main)
+        def run(argv=None) -> int:
+            previous = {}
+            if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+                previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}
+            try:
+                return main(argv)
+            except KeyboardInterrupt as err:
+                signum = getattr(err, "signum", signal.SIGINT)
+                _error(prog, f"stopped by {signal.Signals(signum).name}; no partial output was kept")
+                return 128 + signum
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+        return run
+    return wrap
+
+
+def _usage(prog: str, message: object) -> int:
+    """Report a bad argument as one line on stderr; returns the usage exit status 2."""
+    _error(prog, f"error: {message}")
+    return 2
 
 
 def tools_env_problem() -> str | None:
@@ -126,6 +180,7 @@ def _add_precision_flag(parser) -> None:
                              "%(default)s)")
 
 
+@tool("se4lip-extract")
 def extract_main(argv: list[str] | None = None) -> int:
     """``se4lip-extract``; returns the exit status. A failing input is reported and the others still run."""
     parser = extract_parser()
@@ -144,7 +199,8 @@ def extract_main(argv: list[str] | None = None) -> int:
             meta = extract.extract_file(source, target, extractor=extractor, fps=args.fps, layout=args.layout,
                                         batch_size=args.batch_size, force=args.force,
                                         progress=tty and len(jobs) == 1)
-        except (audio.AudioError, OSError) as err:  # this input only (bad audio, output exists, disk full)
+        except (audio.AudioError, OSError, ValueError) as err:  # this input only (bad audio, output exists,
+            # disk full, features that are not finite)
             _error(parser.prog, err)
             failed += 1
             continue
@@ -178,7 +234,7 @@ def _extract_jobs(inputs: list[Path], output: Path | None, prog: str) -> tuple[l
             failed += 1
 
     several = len(inputs) > 1 or any(item.is_dir() for item in inputs)
-    to_file = output is not None and output.suffix == ".npy"
+    to_file = output is not None and output.suffix.lower() == ".npy"  # -o UP.NPY names a file, not a folder
     if to_file and several:
         _error(prog, f"-o {output}: several inputs need a folder to write into, not a .npy file")
         return [], failed + 1
@@ -216,16 +272,19 @@ def prepare_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", type=Path,
                         help="videos, folders of videos, or renderer data folders (aud.wav + ori_imgs/*.jpg/.lms)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output dataset folder")
-    parser.add_argument("--fps", type=float, default=25.0, help="video rate the frames are resampled to")
-    parser.add_argument("--crop", type=int, nargs=2, default=(48, 96), metavar=("H", "W"), help="lip crop size")
-    parser.add_argument("--crop-scale", type=float, default=1.2,
+    parser.add_argument("--fps", type=_positive_float, default=25.0, help="video rate the frames are resampled to")
+    parser.add_argument("--crop", type=_positive_int, nargs=2, default=(48, 96), metavar=("H", "W"),
+                        help="lip crop size")
+    parser.add_argument("--crop-scale", type=_positive_float, default=1.2,
                         help="crop width as a multiple of the outer-eye-corner distance")
-    parser.add_argument("--segment", type=float, default=10.0,
+    parser.add_argument("--segment", type=_positive_float, default=10.0,
                         help="seconds per clip: longer videos are cut, so the validation split can hold some out")
-    parser.add_argument("-f", "--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="replace an existing output folder, if it is a dataset written by se4lip-prepare")
     return parser
 
 
+@tool("se4lip-prepare")
 def prepare_main(argv=None) -> int:
     problem = tools_env_problem()
     if problem:
@@ -237,6 +296,12 @@ def prepare_main(argv=None) -> int:
 
     if args.out.exists() and not args.force:
         return _fail(parser.prog, f"{args.out}: exists (use --force to replace it)")
+    if args.out.exists() and not data.is_prepared(args.out):
+        return _fail(parser.prog, f"{args.out}: exists and is not a dataset written by se4lip-prepare, so --force "
+                                  "does not replace it; remove it yourself or choose another -o")
+    inside = [p for p in args.inputs if args.out.resolve() in (p.resolve(), *p.resolve().parents)]
+    if inside:
+        return _fail(parser.prog, f"{inside[0]}: is inside the output folder {args.out}; choose another -o")
     renderer = [p for p in args.inputs if (p / "aud.wav").is_file() and (p / "ori_imgs").is_dir()]
     kw = {"fps": args.fps, "height": args.crop[0], "width": args.crop[1], "scale": args.crop_scale,
           "segment_s": args.segment}
@@ -247,7 +312,8 @@ def prepare_main(argv=None) -> int:
                                           "with videos)")
             meta = data.prepare_renderer_folder(renderer[0], args.out, **kw)
         else:
-            meta = data.prepare_videos(_media_files(args.inputs, audio.VIDEO_SUFFIXES), args.out, **kw)
+            meta = data.prepare_videos(_media_files(args.inputs, audio.VIDEO_SUFFIXES), args.out,
+                                       progress=sys.stderr.isatty(), **kw)
     except (OSError, ValueError, ImportError) as err:
         return _fail(parser.prog, err)
     clips = meta["clips"]
@@ -300,6 +366,7 @@ def _add_field_flag(group, field, choices=None) -> None:
                            metavar=None if choices else field.name.upper(), help="(default: %(default)s)")
 
 
+@tool("se4lip-train")
 def train_main(argv=None) -> int:
     problem = tools_env_problem()
     if problem:
@@ -311,15 +378,20 @@ def train_main(argv=None) -> int:
     args = parser.parse_args(argv)
     _setup_logging()
     values = vars(args)
-    cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)})
-    model_cfg = ModelConfig(**{name: values[name] for name in MODEL_FLAGS})
+    try:
+        cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)})
+        model_cfg = ModelConfig(**{name: values[name] for name in MODEL_FLAGS})
+    except ValueError as err:
+        return _usage(parser.prog, f"--{str(err).replace('_', '-')}")
     out = args.out or args.data[0].with_name(args.data[0].name + "-se4lip-run")
     if (out / "ckpt.pt").exists() and not args.resume:
         return _fail(parser.prog, f"{out}: holds a checkpoint; pass --resume to continue it or -o for a new run")
+    if args.resume and not (out / "ckpt.pt").is_file():
+        return _fail(parser.prog, f"{out / 'ckpt.pt'}: no checkpoint to resume; start the run without --resume")
     try:
         history = train(args.data, out, cfg, model_cfg, init=args.init, resume=args.resume, device=args.device,
-                        stop_at=args.stop_at)
-    except (OSError, ValueError, weights.WeightsError) as err:
+                        stop_at=args.stop_at, progress=sys.stderr.isatty())
+    except (OSError, ValueError, weights.WeightsError, FloatingPointError) as err:
         return _fail(parser.prog, err)
     done = (out / "final.safetensors").exists() and history["step"][-1] == cfg.steps
     accuracy = f", validation sync accuracy {history['val_acc'][-1]:.3f}" if history["val_acc"] else ""
@@ -349,6 +421,7 @@ def eval_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@tool("se4lip-eval")
 def eval_main(argv=None) -> int:
     problem = tools_env_problem()
     if problem:
@@ -366,9 +439,21 @@ def _eval_sync(args) -> int:
 
     from tqdm import tqdm
 
-    from . import evaluate
+    from . import atomic, evaluate
     from .training.data import PreparedData, prepare_videos
 
+    # Every argument is checked before any work, so results are never computed and then lost.
+    wanted = None
+    if args.ids is not None:
+        try:
+            wanted = _read_ids(args.ids)
+        except (OSError, ValueError) as err:
+            return _fail("se4lip-eval", err)
+    if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
+        return _fail("se4lip-eval", f"-o {args.out}: " + ("is a folder; name the JSON file to write"
+                                                           if args.out.is_dir() else "its folder does not exist"))
+    if args.plot is not None and args.plot.exists() and not args.plot.is_dir():
+        return _fail("se4lip-eval", f"--plot {args.plot}: exists and is not a folder")
     try:
         extractor = extract.load(args.weights, args.device, precision=args.precision)
     except (weights.WeightsError, ValueError) as err:
@@ -380,15 +465,17 @@ def _eval_sync(args) -> int:
                 data = PreparedData(args.inputs[0])
             else:
                 prepare_videos(_media_files(args.inputs, audio.VIDEO_SUFFIXES), Path(tmp) / "data", fps=cfg.fps,
-                               height=cfg.lip_height, width=cfg.lip_width, scale=cfg.lip_crop_scale, segment_s=None)
+                               height=cfg.lip_height, width=cfg.lip_width, scale=cfg.lip_crop_scale, segment_s=None,
+                               progress=sys.stderr.isatty())
                 data = PreparedData(Path(tmp) / "data")
         except (OSError, ValueError, ImportError) as err:
             return _fail("se4lip-eval", err)
         clips = data.clips
-        if args.ids is not None:
-            text = args.ids.read_text()
-            wanted = set(json.loads(text)["val"] if text.lstrip().startswith("{") else text.split())
+        if wanted is not None:
             clips = [c for c in clips if c.id in wanted]
+            if not clips:
+                return _fail("se4lip-eval", f"--ids {args.ids}: none of its {len(wanted)} ids is a clip of "
+                                            f"{data.root} ({len(data.clips)} clips)")
         results = {}
         for clip in tqdm(clips, desc="sync", unit="clip"):
             results[clip.id] = evaluate.clip_sync(model, data.clip_audio(clip), data.clip_lips(clip),
@@ -398,7 +485,7 @@ def _eval_sync(args) -> int:
         list(results.values())), "clips": results}
     text = json.dumps(report, indent=1)
     if args.out:
-        args.out.write_text(text + "\n")
+        atomic.write_text(args.out, text + "\n")
     else:
         print(text)
     if args.plot:
@@ -407,6 +494,26 @@ def _eval_sync(args) -> int:
     print(f"{s['n_clips']} clips: accuracy {s['accuracy']:.3f} (|offset| <= 1), exact {s['exact_accuracy']:.3f}, "
           f"mean offset {s['mean_offset']:+.2f} frames", file=sys.stderr)
     return 0
+
+
+def _read_ids(path: Path) -> set[str]:
+    """Clip ids from a JSON file {'val': [ids]} (a run's split.json) or a text file of one id a line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--ids {path}: no such file")
+    text = path.read_text()
+    if not text.lstrip().startswith("{"):
+        ids = set(text.split())
+    else:
+        try:
+            ids = json.loads(text).get("val")
+        except ValueError as err:
+            raise ValueError(f"--ids {path}: not valid JSON ({err})") from err
+        if not isinstance(ids, list):
+            raise ValueError(f"--ids {path}: a JSON file needs a 'val' list of clip ids (as in a run's split.json)")
+        ids = set(map(str, ids))
+    if not ids:
+        raise ValueError(f"--ids {path}: holds no clip ids")
+    return ids
 
 
 def lmd_parser() -> argparse.ArgumentParser:
@@ -419,11 +526,11 @@ def lmd_parser() -> argparse.ArgumentParser:
                    help="feature types: log-mel, mfcc, stft, SE4Lip .safetensors or se4lip-train ckpt.pt")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder (probe.json, probe.md, probe.png)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, default=ProbeConfig.steps)
-    p.add_argument("--val-clips", type=int, default=60, help="held-out utterances (PreparedData.split)")
+    p.add_argument("--steps", type=_positive_int, default=ProbeConfig.steps)
+    p.add_argument("--val-clips", type=_positive_int, default=60, help="held-out utterances (PreparedData.split)")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--split", type=Path, help="split.json of a training run (its 'val' ids are held out)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads")
     _add_precision_flag(p)
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing probe.json")
     return p
@@ -436,8 +543,12 @@ def _eval_lmd(args) -> int:
     from .training.data import PreparedData
 
     prog = "se4lip-eval lmd"
+    if args.out.exists() and not args.out.is_dir():
+        return _fail(prog, f"-o {args.out}: exists and is not a folder")
     if (args.out / "probe.json").exists() and not args.force:
         return _fail(prog, f"{args.out / 'probe.json'}: exists (use -f to overwrite)")
+    if args.split is not None and not args.split.is_file():
+        return _fail(prog, f"--split {args.split}: no such file")
     _setup_logging()
     torch.set_num_threads(args.threads)
     try:
@@ -497,6 +608,7 @@ def finetune_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@tool("se4lip-finetune")
 def finetune_main(argv=None) -> int:
     problem = tools_env_problem()
     if problem:

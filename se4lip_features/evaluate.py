@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import audio
+from . import atomic, audio
 
 MAX_SHIFT = 15  # frames tried on each side, as SyncNet does, in clips of at least 3 s (75 frames at 25 fps)
 
@@ -124,5 +124,5 @@ def plot_sync(results: dict, folder) -> None:
         ax.set(xlabel="audio shift (frames)", ylabel="mean distance", title=clip_id)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(folder / f"{clip_id.replace('/', '_')}.png", dpi=90)
+        atomic.save_figure(fig, folder / f"{clip_id.replace('/', '_')}.png", dpi=90)
         plt.close(fig)

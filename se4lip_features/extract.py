@@ -203,6 +203,8 @@ def _device(device: str | torch.device | None) -> torch.device:
         device = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"unknown device {str(device)!r} ({err})") from err
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r}: SE4Lip runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r}: CUDA is not available to this torch {torch.__version__}")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -235,9 +237,10 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
             with open(tmp_npy, "wb") as f:
                 rows = extractor.extract_blocks(source, fps, layout, batch_size, progress,
                                                 total_s=source.duration_s)
-                n_frames = _write_npy(f, rows, (LAYOUTS[layout], extractor.dim))
+                n_frames = _write_npy(f, rows, (LAYOUTS[layout], extractor.dim), out_path)
             if n_frames < 1:
                 raise audio.AudioError(too_short_message(str(audio_path), source.n_samples, fps))
+            source.warn_if_unreliable()
             meta = sidecar.describe(dim=extractor.dim, layout=layout, window=LAYOUTS[layout], fps=fps,
                                     n_frames=n_frames, weights=extractor.name, weights_sha256=extractor.sha256,
                                     weights_source=extractor.info.get("source", extractor.name),
@@ -245,6 +248,11 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
                                     audio_sha256=sha256_file(audio_path))
             tmp_side.write_text(json.dumps(meta, indent=1) + "\n")
         done = True
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        # a failed write to the temporary (disk full, file size limit) names no file: name the output
+        raise OSError(f"{out_path}: cannot write ({err.strerror or err})") from err
     finally:
         source.close()
         if not done:
@@ -254,8 +262,10 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
     return meta
 
 
-def _write_npy(f, chunks: Iterable[np.ndarray], row_shape: tuple[int, ...]) -> int:
+def _write_npy(f, chunks: Iterable[np.ndarray], row_shape: tuple[int, ...], name: Path) -> int:
     """Write float32 chunks (k, *row_shape) as one .npy array as they come; returns the number of rows.
+
+    Raises ValueError, naming ``name``, at the first row that is not finite (NaN or infinite weights).
 
     The header is first written for 0 rows and rewritten at the end: numpy leaves room in it for a row
     count of up to 21 digits, so the file is byte for byte what ``np.save`` writes for the whole array.
@@ -264,6 +274,9 @@ def _write_npy(f, chunks: Iterable[np.ndarray], row_shape: tuple[int, ...]) -> i
     data_start = f.tell()
     n = 0
     for rows in chunks:
+        if not np.isfinite(rows).all():
+            raise ValueError(f"{name}: features of frame {n + int(np.argmin(np.isfinite(rows).all(axis=(1, 2))))} "
+                             "are not finite (NaN or infinite weights?); nothing written")
         f.write(np.ascontiguousarray(rows, dtype="<f4").data)
         n += len(rows)
     f.seek(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,18 @@ class ModelConfig:
     level_norm: bool = False
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):  # weights files and flags give values of any type
+            value, kind = getattr(self, field.name), type(field.default)
+            if not (isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+                    or kind is float and isinstance(value, int) and not isinstance(value, bool)):
+                raise ValueError(f"{field.name} must be {kind.__name__}, got {value!r}")
+        for name in ("embed_dim", "gru_hidden", "gru_layers", "lip_height", "lip_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.window_frames < 1 or self.window_frames % 2 == 0:
+            raise ValueError(f"window_frames must be odd and positive (frames centred on one), got {self.window_frames}")
+        if not (0 < self.fps < math.inf and 0 < self.lip_crop_scale < math.inf):
+            raise ValueError(f"fps and lip_crop_scale must be positive and finite, got {self.fps}, {self.lip_crop_scale}")
         if self.front_end not in FRONT_ENDS:
             raise ValueError(f"front_end must be one of {FRONT_ENDS}, got {self.front_end!r}")
         if self.speech_encoder not in SPEECH_ENCODERS:

@@ -114,12 +114,20 @@ def save(model: SE4Lip, path: str | Path, *, fp16: bool = True, metadata: dict |
     keep32 = {"speech.spec_mean", "speech.spec_std"}
     state = {k: (v.half() if fp16 and v.is_floating_point() and k not in keep32 else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
+    bad = non_finite(state)
+    if bad:
+        raise ValueError(f"{path}: not written: tensor {bad} holds NaN or infinite values")
     meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), "tensors_sha256": tensors_sha256(state)}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     path = Path(path)
     with atomic.replacing(path) as (tmp,):
         save_file(state, str(tmp), metadata=meta)
     return sha256_file(path)
+
+
+def non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding NaN or infinite values, or None when all are finite."""
+    return next((k for k, v in sorted(state.items()) if v.is_floating_point() and not torch.isfinite(v).all()), None)
 
 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -164,6 +172,9 @@ def load(name_or_path: str | Path | None = None, device: str | torch.device = "c
     # Files written before the checksum was added have none; their layout was still checked above.
     if "tensors_sha256" in meta and tensors_sha256(state) != meta["tensors_sha256"]:
         raise WeightsError(f"{path}: tensor data does not match the checksum in its metadata; the file is corrupted")
+    bad = non_finite(state)
+    if bad:
+        raise WeightsError(f"{path}: tensor {bad} holds NaN or infinite values; these weights cannot be used")
     try:
         cfg = ModelConfig.from_dict(json.loads(meta["config"]))
         cfg.check_front_end()

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import audio
+from .. import atomic, audio
 from ..frames import LAYOUTS, substep_grid
 
 log = logging.getLogger(__name__)
@@ -549,7 +549,7 @@ def plot(result: dict, path: str | Path) -> None:
     axes[2].set(xlabel="time (s)", ylabel="inner-lip gap (px)", title=f"held-out clip {ex['clip']} (seed {result['seeds'][0]})")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic.save_figure(fig, path)
     plt.close(fig)
 
 
@@ -563,17 +563,17 @@ def write_outputs(result: dict, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "probe.json", out_dir / "probe.md", out_dir / "probe.png"]
-    written[0].write_text(json.dumps(result, indent=1) + "\n")
+    atomic.write_text(written[0], json.dumps(result, indent=1) + "\n")
     for name, r in result["features"].items():
         path = out_dir / f"probe_{slug(name)}.json"
-        path.write_text(json.dumps({k: v for k, v in result.items() if k not in ("features", "example")}
-                                   | {"feature": name, "result": r}, indent=1) + "\n")
+        atomic.write_text(path, json.dumps({k: v for k, v in result.items() if k not in ("features", "example")}
+                                           | {"feature": name, "result": r}, indent=1) + "\n")
         written.append(path)
     header = (f"Renderer-proxy landmark probe on {result.get('dataset', '?')}: {result['split']['n_train']} training "
               f"and {result['split']['n_held_out']} held-out utterances, seeds {result['seeds']}, "
               f"{result['config']['steps']} steps; LMD in px at {result['ref_eye_px']:g} px between the outer eye "
               "corners; ± is the standard deviation over seeds.\n\n")
-    written[1].write_text(header + markdown_table(result) + "\n")
+    atomic.write_text(written[1], header + markdown_table(result) + "\n")
     plot(result, written[2])
     return written
 
@@ -600,6 +600,11 @@ def feature_extractor(spec: str, device: str = "cpu", precision: str = "fp32"):
         from ..weights import sha256_file
 
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only
+        from ..weights import non_finite
+
+        bad = non_finite(ckpt["model"])
+        if bad:
+            raise ValueError(f"{path}: tensor {bad} holds NaN or infinite values; these weights cannot be used")
         model = SE4Lip(ModelConfig.from_dict(ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
         label = f"se4lip:{path.parent.name}/{path.stem}@{ckpt.get('step', '?')}"

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import atomic
+
 log = logging.getLogger(__name__)
 
 LETTERS = ("b", "p", "d", "t", "v", "f")
@@ -223,7 +225,7 @@ def plot_pair(views: dict, path: str | Path, pair: tuple[str, str] = ("d", "t"),
             if j == 0:
                 ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic.save_figure(fig, path)
     plt.close(fig)
 
 

@@ -74,10 +74,25 @@ def _segment_frames(segment_s: float | None, fps: float) -> int:
     return 2**62 if segment_s is None else max(1, round(segment_s * fps))
 
 
+def is_prepared(folder: Path) -> bool:
+    """Whether ``folder`` is a dataset written by se4lip-prepare (its meta.json is the marker), or empty."""
+    folder = Path(folder)
+    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+        return True
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "format" in meta and "clips" in meta and (folder / "lips.npy").is_file()
+
+
 class _Writer:
     """Accumulates clips and writes the dataset folder at the end, atomically."""
 
     def __init__(self, out: Path, scheme, height, width, scale, fps):
+        if out.exists() and not is_prepared(out):  # checked before any work: never replace what we did not write
+            raise FileExistsError(f"{out}: exists and is not a dataset written by se4lip-prepare, so it is never "
+                                  "replaced; remove it yourself or choose another output folder")
         self.out, self.scheme = out, scheme
         self.meta = {"format": FORMAT_VERSION, "fps": fps, "lip_height": height, "lip_width": width,
                      "lip_crop_scale": scale, "landmarks": scheme.name, "gap": list(scheme.gap), "clips": []}
@@ -124,21 +139,32 @@ def prepare_videos(videos, out: Path, *, fps=25.0, height=48, width=96, scale=1.
     """
     from tqdm import tqdm
 
-    detector = detector or lips.FaceMeshDetector()
-    writer = _Writer(Path(out), detector.scheme, height, width, scale, fps)
+    scheme = detector.scheme if detector else lips.FaceMeshDetector.scheme
+    writer = _Writer(Path(out), scheme, height, width, scale, fps)
+    skipped = []  # one line per unusable video: reported once it is known whether any video was usable
     try:
         for path in tqdm(list(videos), desc="prepare", unit="video", disable=not progress):
             path = Path(path)
-            wav = audio.load_audio(path)
-            frames, _ = lips.read_video(path, fps)
+            try:  # a video without audio, without frames or undecodable is skipped, not the whole run
+                wav = audio.load_audio(path)
+                frames, _ = lips.read_video(path, fps)
+            except ValueError as err:  # audio.AudioError included
+                skipped.append(f"{err}, skipped")
+                continue
+            detector = detector or lips.FaceMeshDetector()  # made once a video is usable: mediapipe is slow to start
             landmarks = detector(frames)
             if np.isnan(landmarks).all():
-                log.warning("%s: no face found in any frame, skipped", path)
+                skipped.append(f"{path}: no face found in any frame, skipped")
                 continue
             writer.add(path.stem, *_clip_arrays(wav, frames, landmarks, detector.scheme, height, width, scale, fps),
                        segment_frames=_segment_frames(segment_s, fps))
     finally:
-        detector.close()
+        if detector is not None:
+            detector.close()
+    if not writer.meta["clips"]:
+        raise ValueError(f"no usable video, nothing written: {'; '.join(skipped)}")
+    for line in skipped:
+        log.warning("%s", line)
     return writer.close()
 
 
@@ -152,6 +178,7 @@ def prepare_renderer_folder(folder: Path, out: Path, *, fps=25.0, height=48, wid
     import av
 
     folder = Path(folder)
+    writer = _Writer(Path(out), lips.IBUG68, height, width, scale, fps)
     wav = audio.load_audio(folder / "aud.wav")
     images = sorted((folder / "ori_imgs").glob("*.jpg"), key=lambda p: int(p.stem))
     if not images:
@@ -163,7 +190,6 @@ def prepare_renderer_folder(folder: Path, out: Path, *, fps=25.0, height=48, wid
         lms = img.with_suffix(".lms")
         landmarks.append(np.loadtxt(lms, dtype=np.float32)[:, :2] if lms.exists()
                          else np.full((68, 2), np.nan, np.float32))
-    writer = _Writer(Path(out), lips.IBUG68, height, width, scale, fps)
     writer.add(folder.name, *_clip_arrays(wav, np.stack(frames), np.stack(landmarks), lips.IBUG68,
                                           height, width, scale, fps),
                segment_frames=_segment_frames(segment_s, fps))

@@ -39,6 +39,8 @@ def read_video(path: str | Path, fps: float = 25.0) -> tuple[np.ndarray, float]:
     import av
 
     with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{path}: has no video stream (lips need a video)")
         stream = container.streams.video[0]
         decoded, times = [], []
         for frame in container.decode(stream):

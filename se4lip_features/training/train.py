@@ -44,6 +44,22 @@ class TrainConfig:
     ckpt_every_s: float = 300.0
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("steps", "clips_per_batch", "lip_span", "val_clips", "val_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("speech_margin", "warmup_steps", "min_negative_offset"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        for name in ("lr", "temperature"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be positive and finite, got {getattr(self, name)}")
+        for name in ("weight_decay", "nce_weight", "gain_db", "ckpt_every_s"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be at least 0 and finite, got {getattr(self, name)}")
+        if not 0 <= self.noise_p <= 1:
+            raise ValueError(f"noise_p must be between 0 and 1, got {self.noise_p}")
+
 
 @dataclass
 class Batch:
@@ -227,13 +243,19 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
     splits = splits or [d.split(cfg.val_clips, seed=cfg.seed) for d in datasets]
     train_items = [(d, c) for d, (clips, _) in zip(datasets, splits) for c in clips]
     val_items = [(d, c) for d, (_, clips) in zip(datasets, splits) for c in clips]
-    (out_dir / "split.json").write_text(json.dumps({"val": [c.id for _, c in val_items]}, indent=0))
+    state = None
+    if resume:
+        state = load_checkpoint(ckpt_path, device)
+        model_cfg = ModelConfig.from_dict(state["model_config"])  # the design the run was started with
+    atomic.write_text(out_dir / "split.json", json.dumps({"val": [c.id for _, c in val_items]}, indent=0))
 
     torch.manual_seed(cfg.seed)
-    if init is not None:
+    if init is not None and state is None:
         model, info = weights.load(init)
         model_cfg = model.config
         log.info("fine-tuning from %s (%s)", info["name"], info["sha256"][:12])
+    elif state is not None:  # the checkpoint's weights, statistics included, are loaded below
+        model = SE4Lip(model_cfg)
     else:  # the lip crops and frame rate are the data's
         model_cfg = dataclasses.replace(model_cfg, fps=data.fps, lip_height=data.meta["lip_height"],
                                         lip_width=data.meta["lip_width"], lip_crop_scale=data.meta["lip_crop_scale"])
@@ -251,10 +273,13 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
     history = {"step": [], "loss": [], "bce": [], "nce": [], "val_step": [], "val_acc": [], "val_exact": [],
                "val_conf": [], "wall_s": 0.0}
     step = 0
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ValueError(f"{ckpt_path}: does not match the model stored in it "
+                             f"({' '.join(str(err).split())[:200]})") from err
         rng.bit_generator.state = state["rng"][rank] if world > 1 else state["rng"][0]
         torch.set_rng_state(state["torch_rng"])
         history, step = {"wall_s": 0.0} | state["history"], state["step"]
@@ -287,9 +312,15 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
             bce, nce = net(spec, batch.lips.to(device), batch.targets(device), cfg.min_negative_offset,
                            cfg.temperature)
         loss = bce + cfg.nce_weight * nce
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {step + 1}: the loss is {loss.item()}; training stopped (the last "
+                                     f"checkpoint, if any, is {ckpt_path}); lower --lr or raise --temperature")
         opt.zero_grad(set_to_none=True)
         loss.backward()  # DistributedDataParallel averages the gradients across processes here
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(f"step {step + 1}: the gradient norm is {grad_norm.item()}; training stopped "
+                                     f"(the last checkpoint, if any, is {ckpt_path}); lower --lr")
         opt.step()
         step += 1
         history["step"].append(step)
@@ -320,13 +351,31 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
             last_save = time.time()
     bar.close()
     if rank == 0 and step == cfg.steps:
-        (out_dir / "history.json").write_text(json.dumps(history))
+        atomic.write_text(out_dir / "history.json", json.dumps(history))
         model.eval()
         weights.save(model, out_dir / "final.safetensors", fp16=False,
                      metadata={"train_config": json.dumps(dataclasses.asdict(cfg)), "data": ", ".join(map(str, data_dirs)),
                                "steps": step, "init": init or "", "train_wall_s": f"{history['wall_s']:.0f}"})
         plot_history(history, out_dir / "training.png")
     return history
+
+
+def load_checkpoint(path: Path, device) -> dict:
+    """A run's checkpoint; a missing or damaged one is a one-line error naming it."""
+    import pickle
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint to resume; start the run without --resume")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        ModelConfig.from_dict(state["model_config"])
+        missing = {"model", "optimizer", "step", "history", "rng", "torch_rng"} - set(state)
+        if missing:
+            raise KeyError(f"lacks {sorted(missing)}")
+    except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path}: damaged or not a se4lip-train checkpoint ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]}); start a new run") from err
+    return state
 
 
 def plot_history(history: dict, path: Path) -> None:
@@ -349,5 +398,5 @@ def plot_history(history: dict, path: Path) -> None:
     ax2.set(xlabel="step", ylabel="accuracy", ylim=(0, 1), title="validation sync accuracy")
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic.save_figure(fig, path)
     plt.close(fig)

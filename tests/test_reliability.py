@@ -1,0 +1,446 @@
+"""Reliability (issue #13): every mistake is one line and an exit status, nothing half-written or mixed is left
+behind (signals, concurrent writers, a full disk), --force never deletes what the tools did not write, and
+non-finite numbers never pass for results."""
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from conftest import CLIPS, GRID, SPEECH, ReplayDetector, needs_av, tiny_model
+from se4lip_features.adapters import patch
+
+from se4lip_features import atomic, extract, weights
+from se4lip_features.cli import eval_main, extract_main, prepare_main, train_main
+
+TINY_RECIPE = ["--clips-per-batch", "2", "--lip-span", "4", "--speech-margin", "3", "--val-clips", "2",
+               "--val-every", "2", "--warmup-steps", "1", "--no-bf16"]
+TINY_FLAGS = [*TINY_RECIPE, "--gru-hidden", "16", "--gru-layers", "2", "--embed-dim", "32"]
+
+
+def write_weights(path, model, config=None, nan=False):
+    """A weights file as weights.save writes it, but with any config and, with ``nan``, a NaN in one tensor
+    (weights.save refuses to write those)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    if nan:
+        state["speech.proj.bias"][0] = float("nan")
+    meta = {"format": weights.FORMAT, "config": json.dumps(config or model.config.to_dict()),
+            "tensors_sha256": weights.tensors_sha256(state)}
+    save_file(state, str(path), metadata=meta)
+    return path
+
+
+def files(root):
+    """Every file and folder under ``root``, hidden ones (temporaries) included."""
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*"))
+
+
+def write_wav(path, seconds, gain=1.0):
+    wav, sr = soundfile.read(SPEECH, dtype="float32")
+    wav = np.tile(wav, int(np.ceil(seconds * sr / len(wav))))[: round(seconds * sr)]
+    soundfile.write(path, wav * gain, sr)
+    return path
+
+
+def audio_only_mp4(path):
+    import av
+
+    wav, sr = soundfile.read(SPEECH, dtype="int16")
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=sr)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(wav[None, :], format="s16", layout="mono")
+        frame.sample_rate = sr
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+# -- one line and an exit status for every mistake, and nothing left behind ------------------------------
+
+def _setup_force(tmp):
+    (tmp / "videos").mkdir()
+    shutil.copy(GRID / f"{CLIPS[0]}.mp4", tmp / "videos")
+    (tmp / "videos" / "notes.txt").write_text("mine")
+
+
+def _setup_bad_config(tmp):
+    config = dict(tiny_model(0).config.to_dict(), embed_dim="32")
+    write_weights(tmp / "bad.safetensors", tiny_model(0), config=config)
+
+
+def _setup_nan(tmp):
+    write_weights(tmp / "nan.safetensors", tiny_model(0), nan=True)
+
+
+def _setup_ckpt(tmp):
+    (tmp / "run").mkdir()
+    torch.save({"model": tiny_model(0).state_dict()}, tmp / "run" / "ckpt.pt")
+    data = (tmp / "run" / "ckpt.pt").read_bytes()
+    (tmp / "run" / "ckpt.pt").write_bytes(data[: len(data) // 2])
+
+
+def _setup_ids(content):
+    def setup(tmp):
+        (tmp / "ids.json").write_text(content)
+    return setup
+
+
+def _setup_plot(tmp):
+    (tmp / "plot.png").write_text("a file")
+
+
+def _setup_audio_only(tmp):
+    audio_only_mp4(tmp / "talk.mp4")
+
+
+ARG = "{w}"  # the tiny weights
+CASES = {  # name: (main, argv, setup, exit status, the line on stderr; * matches anything)
+    # se4lip-extract
+    "extract config of a wrong type": (
+        extract_main, ["{speech}", "-o", "{tmp}/out.npy", "--weights", "{tmp}/bad.safetensors"], _setup_bad_config,
+        1, ("se4lip-extract: {tmp}/bad.safetensors: unusable model config in its metadata (*embed_dim must be int, "
+           "got '32'*)")),
+    "extract NaN weights": (
+        extract_main, ["{speech}", "-o", "{tmp}/out.npy", "--weights", "{tmp}/nan.safetensors"], _setup_nan, 1,
+        ("se4lip-extract: {tmp}/nan.safetensors: tensor speech.proj.bias holds NaN or infinite values; these weights "
+        "cannot be used")),
+    "extract --device mps": (
+        extract_main, ["{speech}", "-o", "{tmp}/out.npy", "--weights", ARG, "--device", "mps"], None, 1,
+        "se4lip-extract: device 'mps': SE4Lip runs on cpu or cuda"),
+    "extract --device xla": (
+        extract_main, ["{speech}", "-o", "{tmp}/out.npy", "--weights", ARG, "--device", "xla"], None, 1,
+        "se4lip-extract: device 'xla': SE4Lip runs on cpu or cuda"),
+    # se4lip-prepare
+    "prepare --force onto its input folder": (
+        prepare_main, ["{tmp}/videos", "-o", "{tmp}/videos", "--force"], _setup_force, 1,
+        ("se4lip-prepare: {tmp}/videos: exists and is not a dataset written by se4lip-prepare, so --force does not "
+        "replace it; remove it yourself or choose another -o")),
+    "prepare a wav": (
+        prepare_main, ["{speech}", "-o", "{tmp}/data"], None, 1,
+        ("se4lip-prepare: no usable video, nothing written: {speech}: has no video stream (lips need a video), "
+        "skipped")),
+    "prepare an audio-only mp4": (
+        prepare_main, ["{tmp}/talk.mp4", "-o", "{tmp}/data"], _setup_audio_only, 1,
+        ("se4lip-prepare: no usable video, nothing written: {tmp}/talk.mp4: has no video stream (lips need a "
+        "video), skipped")),
+    "prepare --fps 0": (
+        prepare_main, ["{tmp}", "-o", "{tmp}/data", "--fps", "0"], None, 2,
+        "se4lip-prepare: error: argument --fps: must be positive and finite, got 0"),
+    # se4lip-train
+    "train --steps -3": (train_main, ["{data}", "-o", "{tmp}/run", "--steps", "-3"], None, 2,
+                         "se4lip-train: error: --steps must be at least 1, got -3"),
+    "train --steps 0": (train_main, ["{data}", "-o", "{tmp}/run", "--steps", "0"], None, 2,
+                        "se4lip-train: error: --steps must be at least 1, got 0"),
+    "train --val-every 0": (train_main, ["{data}", "-o", "{tmp}/run", "--val-every", "0"], None, 2,
+                            "se4lip-train: error: --val-every must be at least 1, got 0"),
+    "train --temperature 0": (train_main, ["{data}", "-o", "{tmp}/run", "--temperature", "0"], None, 2,
+                              "se4lip-train: error: --temperature must be positive and finite, got 0.0"),
+    "train --window-frames 0": (
+        train_main, ["{data}", "-o", "{tmp}/run", "--window-frames", "0"], None, 2,
+        "se4lip-train: error: --window-frames must be odd and positive (frames centred on one), got 0"),
+    "train --window-frames 4": (
+        train_main, ["{data}", "-o", "{tmp}/run", "--window-frames", "4"], None, 2,
+        "se4lip-train: error: --window-frames must be odd and positive (frames centred on one), got 4"),
+    "train --embed-dim 0": (train_main, ["{data}", "-o", "{tmp}/run", "--embed-dim", "0"], None, 2,
+                            "se4lip-train: error: --embed-dim must be at least 1, got 0"),
+    "train --resume without a checkpoint": (
+        train_main, ["{data}", "-o", "{tmp}/run", "--resume"], None, 1,
+        "se4lip-train: {tmp}/run/ckpt.pt: no checkpoint to resume; start the run without --resume"),
+    "train --resume a truncated checkpoint": (
+        train_main, ["{data}", "-o", "{tmp}/run", "--resume", *TINY_FLAGS], _setup_ckpt, 1,
+        "se4lip-train: {tmp}/run/ckpt.pt: damaged or not a se4lip-train checkpoint (*); start a new run"),
+    # se4lip-eval
+    "eval sync --ids missing": (
+        eval_main, ["sync", "{data}", "--weights", ARG, "--ids", "{tmp}/none.json"], None, 1,
+        "se4lip-eval: --ids {tmp}/none.json: no such file"),
+    "eval sync --ids without val": (
+        eval_main, ["sync", "{data}", "--weights", ARG, "--ids", "{tmp}/ids.json"], _setup_ids('{"train": []}'), 1,
+        "se4lip-eval: --ids {tmp}/ids.json: a JSON file needs a 'val' list of clip ids (as in a run's split.json)"),
+    "eval sync --ids matching no clip": (
+        eval_main, ["sync", "{data}", "--weights", ARG, "--ids", "{tmp}/ids.json"], _setup_ids('{"val": ["x"]}'),
+        1, "se4lip-eval: --ids {tmp}/ids.json: none of its 1 ids is a clip of {data} (6 clips)"),
+    "eval sync -o in a missing folder": (
+        eval_main, ["sync", "{data}", "--weights", ARG, "-o", "{tmp}/missing/sync.json"], None, 1,
+        "se4lip-eval: -o {tmp}/missing/sync.json: its folder does not exist"),
+    "eval sync --plot naming a file": (
+        eval_main, ["sync", "{data}", "--weights", ARG, "--plot", "{tmp}/plot.png"], _setup_plot, 1,
+        "se4lip-eval: --plot {tmp}/plot.png: exists and is not a folder"),
+    "eval sync on a wav": (
+        eval_main, ["sync", "{speech}", "--weights", ARG], None, 1,
+        ("se4lip-eval: no usable video, nothing written: {speech}: has no video stream (lips need a video), "
+        "skipped")),
+    "eval lmd on NaN weights": (
+        eval_main, ["lmd", "{data}", "{tmp}/nan.safetensors", "-o", "{tmp}/probe"], _setup_nan, 1,
+        ("se4lip-eval lmd: {tmp}/nan.safetensors: tensor speech.proj.bias holds NaN or infinite values; these "
+        "weights cannot be used")),
+    "eval lmd -o naming a file": (
+        eval_main, ["lmd", "{data}", "log-mel", "-o", "{tmp}/plot.png"], _setup_plot, 1,
+        "se4lip-eval lmd: -o {tmp}/plot.png: exists and is not a folder"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_mistake_is_one_line_and_leaves_nothing(name, tmp_path, capfd, tiny_weights, grid_dataset):
+    main, argv, setup, status, line = CASES[name]
+    if "mp4" in name or "prepare a wav" in name or "on a wav" in name:
+        pytest.importorskip("av")
+    if name in ("prepare a wav", "eval sync on a wav", "prepare an audio-only mp4"):
+        pytest.importorskip("mediapipe")
+    if setup:
+        setup(tmp_path)
+    before = files(tmp_path)
+    dataset_before = files(grid_dataset)
+    paths = {"tmp": tmp_path, "w": tiny_weights, "speech": SPEECH, "data": grid_dataset}
+    try:
+        got = main([arg.format(**paths) for arg in argv])
+    except SystemExit as exit:  # argparse's own checks exit (status 2) instead of returning
+        got = exit.code
+    assert got == status
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err, "nothing on stderr"
+    if status == 1:  # argparse's own errors (status 2) come after its usage line
+        assert len(err) == 1, err
+    pattern = ".*".join(re.escape(part.format(**paths)) for part in line.split("*"))
+    assert re.fullmatch(pattern, err[-1]), err[-1]
+    assert files(tmp_path) == before  # nothing written, nothing deleted, no temporary left
+    assert files(grid_dataset) == dataset_before
+
+
+def test_upper_case_npy_output_is_a_file(tmp_path, tiny_weights, capfd):
+    assert extract_main([str(SPEECH), "-o", str(tmp_path / "UP.NPY"), "--weights", str(tiny_weights)]) == 0
+    assert (tmp_path / "UP.NPY").is_file() and (tmp_path / "UP.json").is_file()
+
+
+def test_force_replaces_a_dataset_it_wrote(tmp_path, capfd):
+    """--force replaces a folder holding a prepared dataset (its meta.json marks it), and an empty one."""
+    from se4lip_features.training import data
+
+    out = tmp_path / "data"
+    out.mkdir()
+    assert data.is_prepared(out)  # empty: nothing to lose
+    data.prepare_videos([GRID / f"{c}.mp4" for c in CLIPS], out, detector=ReplayDetector(), progress=False)
+    assert data.is_prepared(out)
+    data.prepare_videos([GRID / f"{c}.mp4" for c in CLIPS], out, detector=ReplayDetector(), progress=False,
+                        segment_s=1.0)
+    assert len(data.PreparedData(out).clips) == 6
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="is not a dataset written by se4lip-prepare"):
+        data.prepare_videos([GRID / f"{c}.mp4" for c in CLIPS], tmp_path / "mine", detector=ReplayDetector(),
+                            progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+@needs_av
+def test_a_video_without_audio_or_frames_is_skipped_not_the_run(tmp_path, caplog):
+    from se4lip_features.training import data
+
+    videos = [GRID / f"{CLIPS[0]}.mp4", audio_only_mp4(tmp_path / "talk.mp4"), GRID / f"{CLIPS[1]}.mp4", SPEECH]
+    with caplog.at_level(logging.WARNING):
+        meta = data.prepare_videos(videos, tmp_path / "data", detector=ReplayDetector(), progress=False)
+    assert [c["id"] for c in meta["clips"]] == list(CLIPS)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"{tmp_path / 'talk.mp4'}: has no video stream (lips need a video), skipped",
+        f"{SPEECH}: has no video stream (lips need a video), skipped"]
+
+
+# -- extraction: non-finite features, pairs, warnings -------------------------------------------------
+
+@needs_av
+@pytest.mark.parametrize("suffix, stated, held", [(".mp3", "3.60", "1.77"), (".mp4", "2.98", "1.41")])
+def test_truncated_compressed_media_warn(tmp_path, extractor, caplog, suffix, stated, held):
+    if suffix == ".mp3":
+        wav, sr = soundfile.read(write_wav(tmp_path / "full.wav", 3.6), dtype="float32")
+        soundfile.write(tmp_path / "full.mp3", wav, sr)
+    else:
+        shutil.copy(GRID / f"{CLIPS[0]}.mp4", tmp_path / "full.mp4")
+    data = (tmp_path / f"full{suffix}").read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: int(len(data) * (0.5 if suffix == ".mp3" else 0.6))])
+    with caplog.at_level(logging.WARNING):
+        extract.extract_file(cut, tmp_path / "cut.npy", extractor=extractor)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{cut}: truncated: its header states {stated} s, its data holds {held} s"]
+
+
+def test_extraction_never_writes_non_finite_features(tmp_path):
+    model = tiny_model(0)
+    with torch.no_grad():
+        model.speech.proj.bias[0] = float("nan")
+    nan = extract.Extractor(model, {"name": "nan", "sha256": "0" * 64}, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"out\.npy: features of frame 0 are not finite"):
+        extract.extract_file(SPEECH, tmp_path / "out.npy", extractor=nan)
+    assert files(tmp_path) == []
+
+
+def test_weights_are_never_saved_non_finite(tmp_path):
+    model = tiny_model(0)
+    with torch.no_grad():
+        model.speech.proj.bias[0] = float("inf")
+    with pytest.raises(ValueError, match="tensor speech.proj.bias holds NaN or infinite values"):
+        weights.save(model, tmp_path / "w.safetensors", fp16=False)
+    assert files(tmp_path) == []
+
+
+def test_a_sidecar_that_cannot_be_replaced_keeps_the_old_pair(tmp_path, extractor, monkeypatch):
+    out = tmp_path / "out.npy"
+    extract.extract_file(SPEECH, out, extractor=extractor)
+    old = out.read_bytes(), out.with_suffix(".json").read_bytes()
+    other = write_wav(tmp_path / "other.wav", 2.0)
+    replace = os.replace
+
+    def failing(src, dst):
+        if str(dst).endswith(".json"):
+            raise OSError(13, "Permission denied", str(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", failing)
+    with pytest.raises(OSError, match="Permission denied"):
+        extract.extract_file(other, out, extractor=extractor, force=True)
+    assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == old
+    assert files(tmp_path) == ["other.wav", "out.json", "out.npy"]
+
+
+def test_truncated_and_quiet_audio_warn(tmp_path, extractor, caplog):
+    full = write_wav(tmp_path / "full.wav", 3.6)
+    data = full.read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
+    write_wav(tmp_path / "quiet.wav", 1.2, gain=0.1)  # -20 dB
+    with caplog.at_level(logging.WARNING):
+        extract.extract_file(full, tmp_path / "full.npy", extractor=extractor)
+        assert not caplog.records
+        extract.extract_file(tmp_path / "cut.wav", tmp_path / "cut.npy", extractor=extractor)
+        extract.extract_file(tmp_path / "quiet.wav", tmp_path / "quiet.npy", extractor=extractor)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'cut.wav'}: truncated: its header states 3.60 s, its data holds 1.80 s",
+        (f"{tmp_path / 'quiet.wav'}: very quiet (peak -21 dBFS, below -20): the features are unreliable; "
+        "normalise the audio")]
+
+
+# -- faults: signals, concurrent writers, a full disk ---------------------------------------------------
+
+# The child restores Python's SIGINT handler (background jobs start with SIGINT ignored, and Python keeps it
+# so) and, given FSIZE, limits the size of the files it writes (a full disk), failing with EFBIG, not SIGXFSZ.
+EXTRACT = """import os, resource, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+if os.environ.get("FSIZE"):
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(os.environ["FSIZE"]),) * 2)
+from se4lip_features.cli import extract_main
+sys.exit(extract_main(sys.argv[1:]))
+"""
+
+
+def _extract(*argv, fsize=""):
+    env = dict(os.environ, OMP_NUM_THREADS="1", FSIZE=str(fsize))
+    return subprocess.Popen([sys.executable, "-c", EXTRACT, *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_mid_write_leaves_nothing_and_one_line(tmp_path, tiny_weights, sig):
+    source = write_wav(tmp_path / "long.wav", 600.0)
+    proc = _extract(source, "-o", tmp_path / "out.npy", "--weights", tiny_weights)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".out.npy.*.partial")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "extraction ended before it could be stopped"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig
+    assert err.strip().splitlines() == [f"se4lip-extract: stopped by {sig.name}; no partial output was kept"]
+    assert files(tmp_path) == ["long.wav"]
+
+
+def test_two_writers_of_one_output_never_mix(tmp_path, tiny_weights, extractor):
+    a, b = write_wav(tmp_path / "a.wav", 60.0), write_wav(tmp_path / "b.wav", 60.0, gain=0.5)
+    out = tmp_path / "out.npy"
+    for sources in ((a, b), (a, a)):  # different inputs, and the same input twice
+        procs = [_extract(s, "-o", out, "--weights", tiny_weights, "--force") for s in sources]
+        results = [p.communicate(timeout=300) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], results
+        meta = json.loads(out.with_suffix(".json").read_text())
+        source = {"a.wav": a, "b.wav": b}[meta["audio"]]
+        assert meta["audio_sha256"] == weights.sha256_file(source)
+        np.testing.assert_array_equal(np.load(out), extractor.extract(*soundfile.read(source, dtype="float32")))
+        assert files(tmp_path) == ["a.wav", "b.wav", "out.json", "out.npy"]
+
+
+def test_a_full_disk_keeps_the_old_pair_and_names_the_file(tmp_path, tiny_weights):
+    out = tmp_path / "out.npy"
+    assert extract_main([str(SPEECH), "-o", str(out), "--weights", str(tiny_weights)]) == 0  # 61 kB
+    old = out.read_bytes(), out.with_suffix(".json").read_bytes()
+    source = write_wav(tmp_path / "long.wav", 10.0)  # 512 kB of features
+
+    proc = _extract(source, "-o", out, "--weights", tiny_weights, "--force", fsize=400_000)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert err.strip().splitlines() == [f"se4lip-extract: {out}: cannot write (File too large)"]
+    assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == old
+    assert files(tmp_path) == ["long.wav", "out.json", "out.npy"]
+
+
+# -- training: non-finite losses, resuming -------------------------------------------------------------
+
+def test_a_nan_loss_stops_training_with_the_step(grid_dataset, tmp_path, capfd, monkeypatch):
+    from se4lip_features.training import train
+
+    calls = []
+
+    def nan_at_step_2(*args):
+        calls.append(1)
+        bce, nce = pair_losses(*args)
+        return (bce * float("nan"), nce) if len(calls) == 2 else (bce, nce)
+
+    pair_losses = train.pair_losses
+    monkeypatch.setattr(train, "pair_losses", nan_at_step_2)
+    run = tmp_path / "run"
+    assert train_main([str(grid_dataset), "-o", str(run), "--steps", "4", *TINY_FLAGS,
+                       "--front-end", "stft", "--speech-encoder", "gru"]) == 1
+    assert capfd.readouterr().err.strip().splitlines()[-1] == (
+        f"se4lip-train: step 2: the loss is nan; training stopped (the last checkpoint, if any, is {run / 'ckpt.pt'}); "
+        "lower --lr or raise --temperature")
+    assert not (run / "final.safetensors").exists()
+    assert not [p for p in run.iterdir() if p.name.endswith(".partial")]
+
+
+def test_resume_restores_the_design_stored_in_the_checkpoint(grid_dataset, tmp_path, capfd):
+    run = tmp_path / "run"
+    base = [str(grid_dataset), "-o", str(run), "--steps", "2", "--ckpt-every-s", "0"]
+    assert train_main([*base, *TINY_FLAGS, "--front-end", "stft", "--speech-encoder", "gru", "--stop-at", "1"]) == 0
+    assert train_main([*base, *TINY_RECIPE, "--resume"]) == 0  # the defaults (Mel + CNN, 512-d) are not the run's design
+    model, _ = weights.load(run / "final.safetensors")
+    assert (model.config.front_end, model.config.speech_encoder, model.config.embed_dim) == ("stft", "gru", 32)
+    assert not [p for p in run.iterdir() if p.name.endswith(".partial")]
+
+
+# -- se4lip-patch -------------------------------------------------------------------------------------
+
+def test_patch_keeps_a_symlinked_file_a_link(tmp_path, capsys):
+    from adapter_helpers import copy_checkout
+
+    root = copy_checkout("synctalk", tmp_path / "synctalk")
+    rel = patch.RENDERERS["synctalk"].edits[0].path
+    real = tmp_path / "elsewhere.py"
+    shutil.move(str(root / rel), real)
+    (root / rel).symlink_to(real)
+    original = real.read_bytes()
+    assert patch.main(["synctalk", str(root)]) == 0
+    assert (root / rel).is_symlink() and real.read_bytes() != original
+    assert patch.main(["synctalk", str(root), "--revert"]) == 0
+    assert (root / rel).is_symlink() and os.readlink(root / rel) == str(real) and real.read_bytes() == original
