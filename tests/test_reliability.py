@@ -398,7 +398,7 @@ def test_a_full_disk_keeps_the_old_pair_and_names_the_file(tmp_path, tiny_weight
 # -- training: non-finite losses, resuming -------------------------------------------------------------
 
 def test_a_nan_loss_stops_training_with_the_step(grid_dataset, tmp_path, capfd, monkeypatch):
-    from se4lip_features.training import train
+    from se4lip_features import model
 
     calls = []
 
@@ -407,8 +407,8 @@ def test_a_nan_loss_stops_training_with_the_step(grid_dataset, tmp_path, capfd, 
         bce, nce = pair_losses(*args)
         return (bce * float("nan"), nce) if len(calls) == 2 else (bce, nce)
 
-    pair_losses = train.pair_losses
-    monkeypatch.setattr(train, "pair_losses", nan_at_step_2)
+    pair_losses = model.pair_losses  # what SE4Lip.forward computes its losses with
+    monkeypatch.setattr(model, "pair_losses", nan_at_step_2)
     run = tmp_path / "run"
     assert train_main([str(grid_dataset), "-o", str(run), "--steps", "4", *TINY_FLAGS,
                        "--front-end", "stft", "--speech-encoder", "gru"]) == 1
