@@ -40,7 +40,8 @@ RUNTIME_MODULES = ("common", "engine", "nerf", "gaussian", *RENDERERS)
 
 def runtime_files() -> dict[str, bytes]:
     """The files of ``<checkout>/se4lip_adapters/``: name -> bytes, taken from the installed package."""
-    from se4lip_features import __version__, sidecar
+    from se4lip_features import sidecar
+    from se4lip_features.version import __version__
 
     here = Path(__file__).parent
     files = {"__init__.py": (f'"""SE4Lip adapters written by se4lip-patch (se4lip-features {__version__}, MIT licence).\n\n'

@@ -1,11 +1,10 @@
 """SE4Lip speech-lip encoder features for talking-head renderers."""
 
-__version__ = "0.2.0"  # before the imports: sidecar.py records it in every sidecar
-
 from .audio import AudioError, load_audio
 from .extract import Extractor, extract_file, load
 from .sidecar import read_features, read_sidecar
 from .stream import StreamingExtractor
+from .version import __version__
 from .weights import available_models
 
 __all__ = ["AudioError", "Extractor", "StreamingExtractor", "__version__", "available_models", "extract_file",

@@ -104,6 +104,8 @@ class AudioFile:
         self.duration_s = self.file.frames / self.sr if self.file.frames > 0 else None
         if self.file.format == "WAV":  # libsndfile clips the stated length to the data there: read the header
             self.duration_s = _wav_stated_seconds(self.path) or self.duration_s
+        # An Ogg header states no length; a cut file ends inside its last page.
+        self.cut_page = self.file.format == "OGG" and _ogg_ends_inside_a_page(self.path)
         self.empty_message = "holds no samples"
 
     def _open_av(self) -> None:
@@ -187,6 +189,8 @@ class AudioFile:
     def unreliable(self) -> list[str]:
         """After reading: one line per reason not to trust features of this audio (truncated, too quiet)."""
         problems = []
+        if getattr(self, "cut_page", False):
+            problems.append(f"{self.path}: truncated: the file ends inside an Ogg page")
         read_s = self.n_samples / SAMPLE_RATE
         if self.duration_s is not None and read_s < self.duration_s - TRUNCATED_SLACK_S:
             problems.append(f"{self.path}: truncated: its header states {self.duration_s:.2f} s, its data holds "
@@ -222,6 +226,24 @@ def _wav_stated_seconds(path: Path) -> float | None:
             return None if unknown or not rate or not frame_bytes else size / frame_bytes / rate
         pos += 8 + size + (size & 1)
     return None
+
+
+def _ogg_ends_inside_a_page(path: Path) -> bool:
+    """Whether an Ogg file's last page is cut short: the page lengths its headers state run past its end."""
+    size, pos = path.stat().st_size, 0
+    with open(path, "rb") as f:
+        while pos < size:
+            f.seek(pos)
+            header = f.read(27)  # "OggS", version, flags, granule, serial, sequence, CRC, number of segments
+            if len(header) < 27:
+                return True  # cut inside a page header
+            if header[:4] != b"OggS":
+                return False  # not a page: nothing to say about the rest
+            table = f.read(header[26])
+            if len(table) < header[26]:
+                return True
+            pos += 27 + len(table) + sum(table)
+    return pos > size
 
 
 def _import_av(path: Path):

@@ -21,7 +21,9 @@ def describe(*, dim: int, layout: str, window: int, fps: float, n_frames: int, w
     ``weights_source`` is what finds those weights again (a released name, an ``hf://`` address or an absolute
     path), so features for test audio can be extracted with the weights of the training features.
     """
-    from se4lip_features import __version__  # here, not at the top: this file also runs without the package
+    from se4lip_features.version import (
+        __version__,  # here, not at the top: this file also runs without the package
+    )
 
     return {"dim": dim, "layout": layout, "window": window, "fps": float(fps), "n_frames": n_frames, "scale": SCALE,
             "weights": weights, "weights_sha256": weights_sha256, "weights_source": weights_source,

@@ -278,6 +278,19 @@ def test_truncated_compressed_media_warn(tmp_path, extractor, caplog, suffix, st
         f"{cut}: truncated: its header states {stated} s, its data holds {held} s"]
 
 
+def test_truncated_ogg_warns(tmp_path, extractor, caplog):
+    wav, sr = soundfile.read(write_wav(tmp_path / "full.wav", 3.6), dtype="float32")
+    soundfile.write(tmp_path / "full.ogg", wav, sr)
+    with caplog.at_level(logging.WARNING):
+        extract.extract_file(tmp_path / "full.ogg", tmp_path / "full.npy", extractor=extractor)
+    assert not caplog.records
+    data = (tmp_path / "full.ogg").read_bytes()
+    (tmp_path / "cut.ogg").write_bytes(data[: len(data) // 2])  # an Ogg header states no length: cut mid-page
+    with caplog.at_level(logging.WARNING):
+        extract.extract_file(tmp_path / "cut.ogg", tmp_path / "cut.npy", extractor=extractor)
+    assert caplog.messages == [f"{tmp_path / 'cut.ogg'}: truncated: the file ends inside an Ogg page"]
+
+
 def test_extraction_never_writes_non_finite_features(tmp_path):
     model = tiny_model(0)
     with torch.no_grad():

@@ -1,0 +1,3 @@
+"""The package version, recorded in every sidecar and free of any import."""
+
+__version__ = "0.3.0"
