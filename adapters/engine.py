@@ -336,12 +336,13 @@ def write(changes: list[FileChange]) -> None:
         done = []
         try:
             for (tmp, path), change in zip(staged, writes):
+                done.append((path, change))  # before the rename: a signal just after it is still undone
                 os.replace(tmp, path)
-                done.append((path, change))
-        except OSError:
+        except BaseException:  # a failed write, or a signal the command line turned into an exception
             for path, change in done:
                 if change.old is None:
-                    path.unlink()
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
                 else:
                     path.write_bytes(change.old)
             raise

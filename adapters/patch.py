@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from se4lip_features.cli import tool
+
 from . import ernerf, gaussiantalker, instag, radnerf, synctalk, talkinggaussian
 from .engine import (
     RUNTIME,
@@ -76,6 +78,7 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@tool("se4lip-patch")
 def main(argv: list[str] | None = None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)

@@ -457,3 +457,25 @@ def test_patch_keeps_a_symlinked_file_a_link(tmp_path, capsys):
     assert (root / rel).is_symlink() and real.read_bytes() != original
     assert patch.main(["synctalk", str(root), "--revert"]) == 0
     assert (root / rel).is_symlink() and os.readlink(root / rel) == str(real) and real.read_bytes() == original
+
+
+def test_a_signal_while_patching_leaves_the_checkout_and_no_temporary(tmp_path, monkeypatch, capsys):
+    """se4lip-patch stops like the other tools: one line, exit 128 + signal, nothing half written."""
+    from adapter_helpers import copy_checkout, snapshot
+    from se4lip_features.adapters import engine, patch
+
+    copy_checkout("synctalk", tmp_path / "SyncTalk")
+    before = snapshot(tmp_path / "SyncTalk")
+    replace = engine.os.replace
+
+    def interrupted(src, dst):  # SIGTERM arrives after the first file is replaced
+        replace(src, dst)
+        err = KeyboardInterrupt()
+        err.signum = signal.SIGTERM
+        raise err
+
+    monkeypatch.setattr(engine.os, "replace", interrupted)
+    assert patch.main(["synctalk", str(tmp_path / "SyncTalk")]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "se4lip-patch: stopped by SIGTERM; no partial output was kept")
+    assert snapshot(tmp_path / "SyncTalk") == before
