@@ -36,7 +36,8 @@ def _fail(prog: str, message: object) -> int:
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where the program is so that ``finally`` blocks and atomic writers clean up."""
+    """SIGINT, SIGTERM or SIGHUP, raised where the program is so that ``finally`` blocks and atomic writers clean
+    up."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -54,18 +55,20 @@ def _raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def tool(prog: str):
-    """Decorate a ``main``: SIGTERM and SIGHUP stop it like Ctrl-C, and any of the three ends in one line on
-    stderr and the conventional exit status 128 + signal number, with no temporary file left behind."""
+    """Decorate a ``main``: SIGINT (Ctrl-C), SIGTERM and SIGHUP end it with one line on stderr and the
+    conventional exit status 128 + signal number, with no temporary file left behind. A signal the tool was
+    started with ignored stays ignored (``nohup`` ignores SIGHUP, a shell's background job SIGINT)."""
     def wrap(main):
         @functools.wraps(main)
         def run(argv=None) -> int:
             previous = {}
             if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-                previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}
+                previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS
+                            if signal.getsignal(sig) is not signal.SIG_IGN}
             try:
                 return main(argv)
             except KeyboardInterrupt as err:

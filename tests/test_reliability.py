@@ -350,7 +350,11 @@ def test_truncated_and_quiet_audio_warn(tmp_path, extractor, caplog):
 # The child restores Python's SIGINT handler (background jobs start with SIGINT ignored, and Python keeps it
 # so) and, given FSIZE, limits the size of the files it writes (a full disk), failing with EFBIG, not SIGXFSZ.
 EXTRACT = """import os, resource, signal, sys
-signal.signal(signal.SIGINT, signal.default_int_handler)
+for name in os.environ.get("IGNORE", "").split():  # as nohup or a shell's background job starts a program
+    signal.signal(getattr(signal, name), signal.SIG_IGN)
+for name in os.environ.get("DEFAULT", "SIGINT SIGHUP").split():  # as a terminal starts it
+    if name not in os.environ.get("IGNORE", ""):
+        signal.signal(getattr(signal, name), signal.SIG_DFL if name != "SIGINT" else signal.default_int_handler)
 if os.environ.get("FSIZE"):
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(os.environ["FSIZE"]),) * 2)
@@ -359,8 +363,8 @@ sys.exit(extract_main(sys.argv[1:]))
 """
 
 
-def _extract(*argv, fsize=""):
-    env = dict(os.environ, OMP_NUM_THREADS="1", FSIZE=str(fsize))
+def _extract(*argv, fsize="", ignore=""):
+    env = dict(os.environ, OMP_NUM_THREADS="1", FSIZE=str(fsize), IGNORE=ignore)
     return subprocess.Popen([sys.executable, "-c", EXTRACT, *map(str, argv)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
@@ -378,6 +382,19 @@ def test_a_signal_mid_write_leaves_nothing_and_one_line(tmp_path, tiny_weights, 
     assert proc.returncode == 128 + sig
     assert err.strip().splitlines() == [f"se4lip-extract: stopped by {sig.name}; no partial output was kept"]
     assert files(tmp_path) == ["long.wav"]
+
+
+def test_a_signal_ignored_at_start_stays_ignored(tmp_path, tiny_weights):
+    """nohup se4lip-extract ... survives the hangup it was started to survive."""
+    source = write_wav(tmp_path / "long.wav", 60.0)
+    proc = _extract(source, "-o", tmp_path / "out.npy", "--weights", tiny_weights, ignore="SIGHUP")
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".out.npy.*.partial")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == "" and out.startswith(f"{tmp_path / 'out.npy'}: 1500 frames")
+    assert files(tmp_path) == ["long.wav", "out.json", "out.npy"]
 
 
 def test_two_writers_of_one_output_never_mix(tmp_path, tiny_weights, extractor):
