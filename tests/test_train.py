@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -288,3 +289,11 @@ def test_level_norm_makes_the_speech_encoder_gain_invariant():
         assert (a - b).abs().max() < 1e-5 and (plain.encode_speech(spec) - plain.encode_speech(spec + 3.0)).abs().max() > 0.01
     with pytest.raises(ValueError, match="level_norm needs speech_encoder='cnn'"):
         ModelConfig(front_end="stft", speech_encoder="gru", level_norm=True)
+
+
+def test_a_run_without_a_terminal_logs_a_line_per_checkpoint(dataset, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="se4lip_features.training.train"):
+        train(dataset, tmp_path / "run", dataclasses.replace(TINY_TRAIN, steps=2, val_every=10), TINY_MODEL,
+              progress=False)
+    lines = [m for m in caplog.messages if "checkpoint written" in m]
+    assert [line.split(",")[0] for line in lines] == ["step 1 of 2", "step 2 of 2"]

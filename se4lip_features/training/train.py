@@ -349,6 +349,9 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
             history["wall_s"] = wall_before + time.time() - started
             save_checkpoint()
             last_save = time.time()
+            if not progress and rank == 0:  # no bar (a log, not a terminal): one line per checkpoint instead
+                log.info("step %d of %d, loss %.3f (mean of the last 50), checkpoint written", step, cfg.steps,
+                         np.mean(history["loss"][-50:]))
     bar.close()
     if rank == 0 and step == cfg.steps:
         atomic.write_text(out_dir / "history.json", json.dumps(history))
