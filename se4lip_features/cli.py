@@ -58,13 +58,18 @@ def _raise_stopped(signum, frame):
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
-def tool(prog: str):
+def tool(prog: str, training_env: bool = False):
     """Decorate a ``main``: SIGINT (Ctrl-C), SIGTERM and SIGHUP end it with one line on stderr and the
     conventional exit status 128 + signal number, with no temporary file left behind. A signal the tool was
-    started with ignored stays ignored (``nohup`` ignores SIGHUP, a shell's background job SIGINT)."""
+    started with ignored stays ignored (``nohup`` ignores SIGHUP, a shell's background job SIGINT).
+    With ``training_env``, an environment that lacks what the tool needs (:func:`tools_env_problem`) is
+    refused in one line before anything else."""
     def wrap(main):
         @functools.wraps(main)
         def run(argv=None) -> int:
+            problem = tools_env_problem() if training_env else None
+            if problem:
+                return _fail(prog, problem)
             previous = {}
             if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
                 previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS
@@ -287,11 +292,8 @@ def prepare_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@tool("se4lip-prepare")
+@tool("se4lip-prepare", training_env=True)
 def prepare_main(argv=None) -> int:
-    problem = tools_env_problem()
-    if problem:
-        return _fail("se4lip-prepare", problem)
     parser = prepare_parser()
     args = parser.parse_args(argv)
     _setup_logging()
@@ -369,11 +371,8 @@ def _add_field_flag(group, field, choices=None) -> None:
                            metavar=None if choices else field.name.upper(), help="(default: %(default)s)")
 
 
-@tool("se4lip-train")
+@tool("se4lip-train", training_env=True)
 def train_main(argv=None) -> int:
-    problem = tools_env_problem()
-    if problem:
-        return _fail("se4lip-train", problem)
     from .model import ModelConfig
     from .training.train import TrainConfig, train
 
@@ -424,11 +423,8 @@ def eval_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@tool("se4lip-eval")
+@tool("se4lip-eval", training_env=True)
 def eval_main(argv=None) -> int:
-    problem = tools_env_problem()
-    if problem:
-        return _fail("se4lip-eval", problem)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lmd"]:  # the landmark probe has its own parser: its options are not sync's
         return _eval_lmd(lmd_parser().parse_args(argv[1:]))
@@ -611,11 +607,8 @@ def finetune_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@tool("se4lip-finetune")
+@tool("se4lip-finetune", training_env=True)
 def finetune_main(argv=None) -> int:
-    problem = tools_env_problem()
-    if problem:
-        return _fail("se4lip-finetune", problem)
     from .training.finetune import FinetuneConfig, finetune, report_path
 
     parser = finetune_parser()
