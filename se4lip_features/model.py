@@ -278,16 +278,23 @@ class SE4Lip(nn.Module):
         return F.normalize(self.lips(lips), dim=-1)
 
     def forward(self, spec: torch.Tensor, lips: torch.Tensor, targets: tuple | None = None,
-                min_negative_offset: int = 2, temperature: float = 0.07):
+                min_negative_offset: int = 2, temperature: float = 0.07, twin: torch.Tensor | None = None):
         """Cosine similarities (n_lip, n_speech) of every lip window with every speech window; given the pairs'
-        ``targets`` (offset, same_clip), their training losses (bce, nce) instead (see :func:`pair_losses`).
+        ``targets`` (offset, same_clip), their training losses (bce, nce, consistency) instead.
 
         spec : (n_speech, n_stft_frames, 257); lips : (n_lip, 15, H, W)
+        twin : the same speech windows under another draw of the level/noise augmentation, or None; the
+            consistency loss is the mean 1 - cosine between each window's two embeddings (0 without a twin)
+        bce, nce : see :func:`pair_losses`
         """
-        sim = self.encode_lips(lips) @ self.encode_speech(spec).T
+        speech = self.encode_speech(spec if twin is None else torch.cat([spec, twin]))
+        speech, twin_speech = speech[:len(spec)], speech[len(spec):]
+        sim = self.encode_lips(lips) @ speech.T
         if targets is None:
             return sim
-        return pair_losses(sim.float(), *targets, min_negative_offset, temperature)
+        bce, nce = pair_losses(sim.float(), *targets, min_negative_offset, temperature)
+        consistency = (1 - (speech * twin_speech).sum(-1).float()).mean() if twin is not None else bce.new_zeros(())
+        return bce, nce, consistency
 
 
 # ------------------------------------------------------------------------------------------------- losses

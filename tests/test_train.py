@@ -65,8 +65,8 @@ def _fixed_batches_loss(model, data, cfg):
     for seed in range(4):
         batch = sampler.batch(np.random.default_rng(100 + seed))
         with torch.no_grad():
-            bce, nce = model.train()(batch.speech_windows(data.fps, model.config.n_stft_frames), batch.lips,
-                                     batch.targets(), cfg.min_negative_offset, cfg.temperature)
+            bce, nce, _ = model.train()(batch.speech_windows(data.fps, model.config.n_stft_frames), batch.lips,
+                                        batch.targets(), cfg.min_negative_offset, cfg.temperature)
         losses.append(float(bce + cfg.nce_weight * nce))
     return np.mean(losses)
 
@@ -274,6 +274,28 @@ def test_augmentation_changes_level_and_adds_noise():
     noisy = _augment(wav, TrainConfig(gain_db=0.0, noise_p=1.0), rng)
     snr = 10 * np.log10(np.mean(wav ** 2) / np.mean((noisy - wav) ** 2))
     assert 10 <= snr <= 40
+
+
+def test_consistency_pairs_each_speech_window_with_a_noisy_twin(dataset, tmp_path):
+    data = PreparedData(dataset)
+    items = [(data, c) for c in data.clips]
+    assert WindowSampler(items, TINY_TRAIN, TINY_MODEL).batch(np.random.default_rng(0)).twins is None  # off: no cost
+    cfg = dataclasses.replace(TINY_TRAIN, consistency=1.0)
+    batch = WindowSampler(items, cfg, TINY_MODEL).batch(np.random.default_rng(0))
+    spec, twin = (batch.speech_windows(data.fps, TINY_MODEL.n_stft_frames, twins=t) for t in (False, True))
+    assert spec.shape == twin.shape and not torch.equal(spec, twin)
+    model = SE4Lip(TINY_MODEL).train()
+    torch.manual_seed(0)
+    args = (batch.lips, batch.targets(), cfg.min_negative_offset, cfg.temperature)
+    consistency = model(spec, *args, twin=twin)[2]
+    assert 0 < consistency < 2
+    consistency.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.speech.parameters())
+    assert all(p.grad is None for p in model.lips.parameters())  # it only concerns the speech encoder
+    same = model.eval()(spec, *args, twin=spec)  # identical twins: nothing to pull together
+    assert same[2].abs() < 1e-6 and model(spec, *args)[2] == 0
+    history = train(dataset, tmp_path / "run", dataclasses.replace(cfg, steps=2), TINY_MODEL, progress=False)
+    assert len(history["consistency"]) == 2 and all(0 < c < 2 for c in history["consistency"])
 
 
 def test_level_norm_makes_the_speech_encoder_gain_invariant():

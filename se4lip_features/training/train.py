@@ -38,6 +38,7 @@ class TrainConfig:
     min_negative_offset: int = 2
     gain_db: float = 6.0  # random gain of each clip's audio, +-dB
     noise_p: float = 0.0  # share of clips given white noise at a random 10-40 dB SNR
+    consistency: float = 0.0  # weight of 1 - cos between each speech window's features and those of a noisy twin
     bf16: bool = True  # bf16 autocast (CPUs with AVX-512 BF16, and GPUs)
     val_clips: int = 60  # held out of each dataset
     val_every: int = 700
@@ -54,7 +55,7 @@ class TrainConfig:
         for name in ("lr", "temperature"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be positive and finite, got {getattr(self, name)}")
-        for name in ("weight_decay", "nce_weight", "gain_db", "ckpt_every_s"):
+        for name in ("weight_decay", "nce_weight", "gain_db", "consistency", "ckpt_every_s"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be at least 0 and finite, got {getattr(self, name)}")
         if not 0 <= self.noise_p <= 1:
@@ -75,11 +76,12 @@ class Batch:
     speech_frame: np.ndarray  # (B*S,)
     lip_clip: np.ndarray  # (B*K,)
     speech_clip: np.ndarray  # (B*S,)
+    twins: list | None = None  # per clip, its audio under a second, noisy draw of the augmentation (consistency)
 
-    def speech_windows(self, fps: float, n_stft: int) -> torch.Tensor:
-        """Log-STFT speech windows (B*S, n_stft, 257), clip by clip."""
+    def speech_windows(self, fps: float, n_stft: int, twins: bool = False) -> torch.Tensor:
+        """Log-STFT speech windows (B*S, n_stft, 257), clip by clip: of ``wavs``, or of ``twins``."""
         return torch.cat([audio.speech_windows(wav, _centre_samples(self.speech_frame[self.speech_clip == b], fps),
-                                               n_stft) for b, wav in enumerate(self.wavs)])
+                                               n_stft) for b, wav in enumerate(self.twins if twins else self.wavs)])
 
     def targets(self, device=None) -> tuple:
         """offset (B*K, B*S): speech minus lip frame; same (B*K, B*S): whether the pair is from one clip."""
@@ -117,7 +119,7 @@ class WindowSampler:
         """The next step's :class:`Batch`: ``clips_per_batch`` clips, ``lip_span`` lip windows from each."""
         cfg, half = self.cfg, self.half
         picks = rng.choice(self.usable, size=cfg.clips_per_batch, replace=len(self.usable) < cfg.clips_per_batch)
-        lips, wavs, lip_idx, sp_idx, lip_clip, sp_clip = [], [], [], [], [], []
+        lips, wavs, twins, lip_idx, sp_idx, lip_clip, sp_clip = [], [], [], [], [], [], []
         for b, ci in enumerate(picks):
             data, clip = self.items[ci]
             s = int(rng.choice(self.starts[ci]))
@@ -127,18 +129,22 @@ class WindowSampler:
             win = np.lib.stride_tricks.sliding_window_view(frames, 2 * half + 1, axis=0)  # (K, H, W, 3, 5)
             lips.append(torch.from_numpy(np.ascontiguousarray(win.transpose(0, 4, 3, 1, 2))))
             wavs.append(torch.from_numpy(_augment(data.clip_audio(clip), cfg, rng)))
+            if cfg.consistency:
+                twins.append(torch.from_numpy(_augment(data.clip_audio(clip), cfg, rng, noise_p=1.0)))
             lip_idx.append(np.arange(s, s + cfg.lip_span))
             sp_idx.append(np.arange(s - cfg.speech_margin, s + cfg.lip_span + cfg.speech_margin))
             lip_clip.append(np.full(cfg.lip_span, b))
             sp_clip.append(np.full(len(sp_idx[-1]), b))
         lips = torch.cat(lips).flatten(1, 2).float() / 255.0  # (B*K, 15, H, W), frames oldest first
-        return Batch(lips, wavs, *(np.concatenate(x) for x in (lip_idx, sp_idx, lip_clip, sp_clip)))
+        return Batch(lips, wavs, *(np.concatenate(x) for x in (lip_idx, sp_idx, lip_clip, sp_clip)),
+                     twins=twins or None)
 
 
-def _augment(wav: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
-    """A clip's audio at a random level (+-``gain_db``) and, for a share ``noise_p`` of clips, in white noise."""
+def _augment(wav: np.ndarray, cfg: TrainConfig, rng: np.random.Generator, noise_p: float | None = None) -> np.ndarray:
+    """A clip's audio at a random level (+-``gain_db``) and, for a share ``noise_p`` (default: the recipe's) of
+    clips, in white noise at a random 10-40 dB SNR."""
     wav = wav * np.float32(10 ** (rng.uniform(-cfg.gain_db, cfg.gain_db) / 20))
-    if rng.random() < cfg.noise_p:
+    if rng.random() < (cfg.noise_p if noise_p is None else noise_p):
         rms = np.sqrt(np.mean(wav ** 2) + 1e-12)
         wav = wav + (rng.standard_normal(len(wav)) * rms * 10 ** (-rng.uniform(10, 40) / 20)).astype(np.float32)
     return wav
@@ -308,10 +314,11 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
             group["lr"] = _lr(step, cfg)
         batch = sampler.batch(rng)
         spec = batch.speech_windows(data.fps, model_cfg.n_stft_frames).to(device)
+        twin = batch.speech_windows(data.fps, model_cfg.n_stft_frames, twins=True).to(device) if batch.twins else None
         with autocast:
-            bce, nce = net(spec, batch.lips.to(device), batch.targets(device), cfg.min_negative_offset,
-                           cfg.temperature)
-        loss = bce + cfg.nce_weight * nce
+            bce, nce, consistency = net(spec, batch.lips.to(device), batch.targets(device), cfg.min_negative_offset,
+                                        cfg.temperature, twin)
+        loss = bce + cfg.nce_weight * nce + cfg.consistency * consistency
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step + 1}: the loss is {loss.item()}; training stopped (the last "
                                      f"checkpoint, if any, is {ckpt_path}); lower --lr or raise --temperature")
@@ -327,6 +334,7 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
         history["loss"].append(loss.item())
         history["bce"].append(bce.item())
         history["nce"].append(nce.item())
+        history.setdefault("consistency", []).append(consistency.item())  # absent from checkpoints before it
         postfix = {"loss": f"{np.mean(history['loss'][-50:]):.3f}"}
         if history["val_acc"]:
             postfix["val_acc"] = f"{history['val_acc'][-1]:.3f}"
