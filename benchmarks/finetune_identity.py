@@ -1,8 +1,10 @@
 """Per-identity fine-tuning, measured: GRID utterances joined into one talking-head video, then se4lip-finetune's path.
 
-The video is ``--n-videos`` consecutive utterances of a GRID speaker (3 s each: 40 make 2 minutes), joined in the
-order given (default: the first of ``benchmarks/quality/heldout.json``, utterances the shipped weights never
-trained on) and written as one .mkv (MPEG-4 video, 16 kHz PCM audio). Fine-tuning then runs exactly as
+The video is ``--n-videos`` consecutive utterances of a GRID speaker (3 s each: 40 make 2 minutes, 80 make 4),
+joined in the order given and written as one .mkv (MPEG-4 video, 16 kHz PCM audio): with ``--side held-out``
+(the default) the first of ``benchmarks/quality/heldout.json``, utterances the shipped weights never trained on;
+with ``--side training`` the first of the other utterances, in name order, so that the fine-tuned weights can
+then be measured on the held-out ones (``benchmarks/quality/generalise.py``). Fine-tuning then runs exactly as
 ``se4lip-finetune VIDEO -o OUT`` does (mediapipe landmarks, 2 s segments, the last 30% of the timeline held
 out, early stopping on held-out sync). Writes the fine-tuning report plus the time per minute of video to
 ``--out``. GRID s1 is the shipped weights' own training speaker, so this measures the cost and the path, not the
@@ -69,7 +71,9 @@ def join_videos(videos: list[Path], out: Path, fps: float = 25.0) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", type=Path, default=Path("/work/shared/data/grid_s1/video"))
-    p.add_argument("--ids", type=Path, default=HERE / "quality" / "heldout.json", help="{'val': [ids]}: the order")
+    p.add_argument("--ids", type=Path, default=HERE / "quality" / "heldout.json", help="{'val': [ids]}: the held-out ids")
+    p.add_argument("--side", choices=("held-out", "training"), default="held-out",
+                   help="take the utterances from the held-out ids (in their order) or from the others (by name)")
     p.add_argument("--n-videos", type=int, default=40)
     p.add_argument("--steps", type=int, help="default: se4lip-finetune's rule")
     p.add_argument("--eval-every", type=int, default=FinetuneConfig.eval_every)
@@ -80,7 +84,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    ids = json.loads(args.ids.read_text())["val"][: args.n_videos]
+    held = json.loads(args.ids.read_text())["val"]
+    ids = (held if args.side == "held-out" else
+           sorted(p.stem for p in args.videos.glob("*.mp4") if p.stem not in set(held)))[: args.n_videos]
     video = args.work / f"grid_{len(ids)}.mkv"
     t0 = time.perf_counter()
     seconds = join_videos([args.videos / f"{i}.mp4" for i in ids], video)

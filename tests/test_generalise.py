@@ -38,3 +38,15 @@ def test_generalise_reports_sync_and_probe_per_set(grid_dataset, tiny_weights, t
     assert s["sync"][label]["summary"]["n_clips"] == 2 and "log-mel" not in s["sync"]
     table = (tmp_path / "out" / "generalise.md").read_text()
     assert f"| whole | {label} | 2 clips (25 frames) |" in table and "| whole | log-mel | 2 clips (25 frames) | – |" in table
+
+
+def test_a_set_held_out_whole_gets_sync_only(grid_dataset, tiny_weights, tmp_path):
+    generalise = _generalise()
+    argv = ["--weights", str(tiny_weights), "--set", f"wild={grid_dataset}:all", "--steps", "2", "--seeds", "0",
+            "--out", str(tmp_path / "out")]
+    assert generalise.main(argv) == 0
+    s = json.loads((tmp_path / "out" / "generalise.json").read_text())["sets"]["wild"]
+    assert s["n_train"] == 0 and s["n_held_out"] == 6 and s["split"] == "every clip" and "probe" not in s
+    assert s["sync"]["se4lip:tiny"]["summary"]["n_clips"] == 6
+    table = (tmp_path / "out" / "generalise.md").read_text()
+    assert "| wild | se4lip:tiny | 6 clips (25 frames) |" in table and "log-mel" not in table

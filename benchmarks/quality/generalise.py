@@ -1,16 +1,23 @@
 """Generalisation evidence: sync and landmark-probe figures of log-mel and SE4Lip weights, per held-out set.
 
-One command, every set: the held-out utterances of GRID s1 (the shipped weights' own speaker; held out by
-``benchmarks/quality/heldout.json``) and of LRW-AR (1,600 30-frame Arabic clips of many speakers, never trained
-on by the shipped weights; held out by ``PreparedData.split(60, seed=0)``). Per set and feature type: SyncNet-style
-sync figures (SE4Lip weights only: log-mel has no lip encoder; 30-frame clips are searched over +-6 frames,
-see ``evaluate.clip_sync``) and, unless ``--no-probe``, the renderer-proxy landmark probe (LMD, mouth-opening
-r), trained on the set's own training clips. Writes ``generalise.json`` and ``generalise.md`` into ``--out``.
+One command, every set (prepared under ``--data-root``, default /work/data; the commands are in REPORT.md's
+generalisation section):
+- ``grid_s1``: the held-out utterances of GRID s1 (``benchmarks/quality/heldout.json``), the shipped weights'
+  own speaker;
+- ``lrw_ar``: 1,600 30-frame Arabic clips of many TV speakers, held out by ``PreparedData.split(60, seed=0)``
+  (also the held-out split of any ``se4lip-train`` run on them);
+- ``wild``: six public in-the-wild talking-head clips (5-6.6 s; ``benchmarks/quality/wild.md``), all held
+  out, sync only (too few frames to train a probe on).
+
+Per set and feature type: SyncNet-style sync figures (SE4Lip weights only: log-mel has no lip encoder; the
+offset search scales to the clip, +-min(15, frames // 5), see ``evaluate.clip_sync``) and, unless ``--no-probe``,
+the renderer-proxy landmark probe (LMD, mouth-opening r), trained on the set's own training clips. Writes
+``generalise.json`` and ``generalise.md`` into ``--out``.
 
     OMP_NUM_THREADS=1 python benchmarks/quality/generalise.py --weights se4lip-grid-s1-melcnn-v1 --no-probe \
         --out benchmarks/results/generalise
-    # later: the new release and that release fine-tuned, with the probe
-    python benchmarks/quality/generalise.py --weights se4lip-grid-s1-melcnn-v1 NEW.safetensors NEW-ft.safetensors
+    python benchmarks/quality/generalise.py --weights se4lip-grid-s1-melcnn-v1 NEW.safetensors NEW-ft.safetensors \
+        --out benchmarks/results/generalisation
 """
 
 from __future__ import annotations
@@ -29,20 +36,21 @@ from run import HERE, sync_accuracy  # benchmarks/quality/run.py: the held-out s
 from se4lip_features.analysis import probe
 from se4lip_features.training.data import PreparedData
 
-# name -> (prepared dataset, split.json of held-out ids or None for PreparedData.split(60, seed=0))
-DEFAULT_SETS = {"grid_s1": (Path("/work/data/grid_s1"), HERE / "heldout.json"),
-                "lrw_ar": (Path("/work/data/lrw_ar"), None)}
+# name -> (prepared dataset under --data-root, its held-out clips: a split.json of their ids, None for
+# PreparedData.split(60, seed=0), or ALL for every clip (sync only))
+ALL = "all"
+DEFAULT_SETS = {"grid_s1": ("grid_s1", HERE / "heldout.json"), "lrw_ar": ("lrw_ar", None), "wild": ("wild", ALL)}
 
 log = logging.getLogger("generalise")
 
 
-def parse_set(text: str) -> tuple[str, tuple[Path, Path | None]]:
-    """``NAME=DATA[:SPLIT.json]`` -> (name, (data, split or None))."""
+def parse_set(text: str) -> tuple[str, tuple[Path, Path | str | None]]:
+    """``NAME=DATA[:SPLIT.json|:all]`` -> (name, (data, split, ALL or None))."""
     name, sep, rest = text.partition("=")
     if not sep or not name or not rest:
-        raise argparse.ArgumentTypeError(f"expected NAME=DATA[:SPLIT.json], got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=DATA[:SPLIT.json|:all], got {text!r}")
     data, _, split = rest.partition(":")
-    return name, (Path(data), Path(split) if split else None)
+    return name, (Path(data), ALL if split == ALL else Path(split) if split else None)
 
 
 def evaluate_set(data_dir: Path, split: Path | None, specs, *, val_clips: int = 60, seed: int = 0,
@@ -53,18 +61,21 @@ def evaluate_set(data_dir: Path, split: Path | None, specs, *, val_clips: int = 
     ``specs``: (label, extractor) pairs from :func:`probe.feature_extractor`.
     """
     data = PreparedData(data_dir)
-    train, held = probe.split_clips(data, val_clips, seed, split)
+    if split == ALL:
+        train, held, rule = [], list(data.clips), "every clip"
+    else:
+        train, held = probe.split_clips(data, val_clips, seed, split)
+        rule = f"the 'val' ids of {split}" if split else f"PreparedData.split({val_clips}, seed={seed})"
     out = {"data": str(data_dir), "fps": data.fps, "n_clips": len(data.clips), "n_train": len(train),
            "n_held_out": len(held), "median_frames": int(sorted(c.n_frames for c in held)[len(held) // 2]),
-           "split": f"the 'val' ids of {split}" if split else f"PreparedData.split({val_clips}, seed={seed})",
-           "sync": {}, "timings_s": {}}
+           "split": rule, "sync": {}, "timings_s": {}}
     for label, ex in specs:
         if hasattr(ex, "model"):
             t0 = time.perf_counter()
             out["sync"][label] = sync_accuracy(ex, data, held)
             out["timings_s"][f"sync {label}"] = round(time.perf_counter() - t0, 1)
             log.info("%s, %s: sync %s", data_dir, label, out["sync"][label]["summary"])
-    if run_probe:
+    if run_probe and train:
         probe_cfg = probe_cfg or probe.ProbeConfig()
         targets = probe.Targets.from_data(data, probe_cfg.ref_eye_px)
         banks = (probe.FeatureBank.build(label, ex, data, progress=progress) for label, ex in specs)
@@ -94,8 +105,9 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", nargs="+", required=True, help="SE4Lip weights: names, .safetensors, hf://, ckpt.pt")
     p.add_argument("--baselines", nargs="*", default=["log-mel"], help="acoustic features for the probe")
-    p.add_argument("--set", dest="sets", type=parse_set, action="append", metavar="NAME=DATA[:SPLIT.json]",
-                   help="a held-out set (repeatable; default: grid_s1 and lrw_ar as in the docstring)")
+    p.add_argument("--data-root", type=Path, default=Path("/work/data"), help="folder of the default sets")
+    p.add_argument("--set", dest="sets", type=parse_set, action="append", metavar="NAME=DATA[:SPLIT.json|:all]",
+                   help="a held-out set (repeatable; default: grid_s1, lrw_ar and wild as in the docstring)")
     p.add_argument("--no-probe", action="store_true", help="sync only (the probe trains one head per feature x seed)")
     p.add_argument("--steps", type=int, default=probe.ProbeConfig.steps, help="probe training steps")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -108,7 +120,8 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
-    sets = dict(args.sets) if args.sets else DEFAULT_SETS
+    sets = dict(args.sets) if args.sets else {name: (args.data_root / folder, split)
+                                              for name, (folder, split) in DEFAULT_SETS.items()}
     try:
         specs = [probe.feature_extractor(s) for s in args.weights]
         if not args.no_probe:
