@@ -109,7 +109,7 @@ def save(model: SE4Lip, path: str | Path, *, fp16: bool = True, metadata: dict |
 
     Floating tensors are stored in fp16 when ``fp16``, except the spectrogram statistics, which keep fp32.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
 
     keep32 = {"speech.spec_mean", "speech.spec_std"}
     state = {k: (v.half() if fp16 and v.is_floating_point() and k not in keep32 else v).detach().cpu().contiguous()
@@ -121,7 +121,7 @@ def save(model: SE4Lip, path: str | Path, *, fp16: bool = True, metadata: dict |
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     path = Path(path)
     with atomic.replacing(path) as (tmp,):
-        save_file(state, str(tmp), metadata=meta)
+        tmp.write_bytes(to_bytes(state, metadata=meta))  # into the temporary as created: the umask's mode, not 0600
     return sha256_file(path)
 
 

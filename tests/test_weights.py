@@ -48,6 +48,8 @@ def test_round_trip_keeps_every_tensor_and_the_config(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value), key
     assert info["name"] == "w" and info["sha256"] == digest == weights.sha256_file(tmp_path / "w.safetensors")
     assert info["steps"] == "5000"  # extra metadata is kept, as text
+    (tmp_path / "plain").write_text("")  # the file has the mode of any new file (the umask's), not 0600
+    assert (tmp_path / "w.safetensors").stat().st_mode == (tmp_path / "plain").stat().st_mode
 
 
 def test_metadata_makes_the_file_self_describing(tiny_weights):
