@@ -10,10 +10,11 @@ from pathlib import Path
 QUALITY = Path(__file__).resolve().parent.parent / "benchmarks" / "quality"
 
 
-def _generalise():
-    sys.path.insert(0, str(QUALITY))  # it imports its neighbour run.py, as it does when run as a script
+def _load(name: str = "generalise"):
+    """benchmarks/quality/<name>.py as a module; its neighbours import as they do when it runs as a script."""
+    sys.path.insert(0, str(QUALITY))
     try:
-        spec = importlib.util.spec_from_file_location("generalise", QUALITY / "generalise.py")
+        spec = importlib.util.spec_from_file_location(name, QUALITY / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
@@ -22,7 +23,7 @@ def _generalise():
 
 
 def test_generalise_reports_sync_and_probe_per_set(grid_dataset, tiny_weights, tmp_path, capsys):
-    generalise = _generalise()
+    generalise = _load()
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"val": ["bbaf2n@25", "bbaf3s@50"]}))
     argv = ["--weights", str(tiny_weights), "--set", f"whole={grid_dataset}:{split}", "--set", f"random={grid_dataset}",
@@ -41,7 +42,7 @@ def test_generalise_reports_sync_and_probe_per_set(grid_dataset, tiny_weights, t
 
 
 def test_a_set_held_out_whole_gets_sync_only(grid_dataset, tiny_weights, tmp_path):
-    generalise = _generalise()
+    generalise = _load()
     argv = ["--weights", str(tiny_weights), "--set", f"wild={grid_dataset}:all", "--steps", "2", "--seeds", "0",
             "--out", str(tmp_path / "out")]
     assert generalise.main(argv) == 0
@@ -50,3 +51,28 @@ def test_a_set_held_out_whole_gets_sync_only(grid_dataset, tiny_weights, tmp_pat
     assert s["sync"]["se4lip:tiny"]["summary"]["n_clips"] == 6
     table = (tmp_path / "out" / "generalise.md").read_text()
     assert "| wild | se4lip:tiny | 6 clips (25 frames) |" in table and "log-mel" not in table
+
+
+def test_the_report_page_joins_the_three_results(grid_dataset, tiny_weights, tmp_path):
+    generalise = _load()
+    out = tmp_path / "out"
+    assert generalise.main(["--weights", str(tiny_weights), "--set", f"wild={grid_dataset}:all", "--out", str(out)]) == 0
+    summary = {"accuracy": 1.0, "exact_accuracy": 0.5, "mean_confidence": 0.25, "frame_exact": 0.125,
+               "frame_within1": 0.75}
+    cond = {"kind": "snr", "db": 20, "mean_cosine": 0.9125, "min_cosine": 0.85}
+    (out / "robustness.json").write_text(json.dumps({"command": "rob", "clips": ["a", "b"], "weights": {
+        "tiny": {"conditions": {"snr 20 dB": cond, "gain -40 dB": {**cond, "kind": "gain", "db": -40}},
+                 "sync": {"nominal": summary}}}}))
+    (out / "finetune_grid_s1_4min.json").write_text(json.dumps({
+        "command": "ft", "threads": 2, "video": {"seconds": 240.0, "utterances": ["x"] * 80},
+        "per_minute_of_video_s": {"total": 150.0},
+        "report": {"before": summary, "after": {**summary, "accuracy": 0.5},
+                   "time_s": {"prepare": 60.0, "train": 480.0, "total": 600.0},
+                   "split": {"train_s": 168.0, "held_out_s": 72.0, "rule": "last 30%"},
+                   "steps": {"run": 100, "planned": 280, "rule": "100 per minute", "best": 75}}}))
+    assert _load("generalisation_report").main([str(out)]) == 0
+    page = (out / "REPORT.md").read_text()
+    assert "| wild | se4lip:tiny | 6 clips (25 frames) |" in page  # generalise.md's table
+    assert "| tiny | 0.912 (0.850) | 0.912 (0.850) | 1.000 |" in page  # gain conditions first, then noise
+    assert "| sync accuracy (offset within ±1) | 1.000 | 0.500 |" in page
+    assert "100 of 280 planned steps (100 per minute), best at step 75" in page and "total **10.0 minutes**" in page

@@ -5,7 +5,8 @@
 #    outside the held-out ones (2 torch threads: the time is the figure of the 4-minute target);
 # 2. sync + landmark probe on every held-out set (grid_s1, lrw_ar, wild) for log-mel, the previous default,
 #    NEW_WEIGHTS and NEW_WEIGHTS fine-tuned;
-# 3. level and noise robustness of the previous default and NEW_WEIGHTS on the 60 held-out GRID s1 utterances.
+# 3. level and noise robustness of the previous default and NEW_WEIGHTS on the 60 held-out GRID s1 utterances;
+# 4. OUT/REPORT.md from the three (benchmarks/quality/generalisation_report.py).
 # The prepared sets are read from $DATA (default /work/data; prepare commands in REPORT.md), the fine-tuning's
 # work (its video, prepared data and weights, not committed) goes to $WORK (default /tmp/se4lip-generalisation).
 set -euo pipefail
@@ -23,3 +24,4 @@ python benchmarks/quality/generalise.py --data-root "$data" --threads 2 \
     --weights "$previous" "$new" "$work/finetune/finetuned.safetensors" --out "$out"
 python benchmarks/quality/robustness.py --weights "$previous" "$new" --data "$data/grid_s1" \
     --split benchmarks/quality/heldout.json --snr 10 20 30 --threads 2 --out "$out/robustness.json"
+python benchmarks/quality/generalisation_report.py "$out"
