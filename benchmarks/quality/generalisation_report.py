@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     text = "\n".join([
         "# Generalisation: held-out sets, recording level and noise, fine-tuning on one identity", "",
         ("Written by `benchmarks/quality/generalisation.sh` (every figure) and "
-        "`benchmarks/quality/generalisation_report.py` (this page); the reading is in "
-        "[../../quality/GENERALISATION.md](../../quality/GENERALISATION.md)."), "",
+        "`benchmarks/quality/generalisation_report.py` (this page); what it means for the release is in "
+        "[weights/MODEL_CARD.md](../../../weights/MODEL_CARD.md)."), "",
         "## Sync and landmark probe per held-out set", "", markdown(gen),
         "## Level and noise", "",
         (f"`{rob['command']}`: {len(rob['clips'])} held-out GRID s1 utterances; cosine of each condition's features "
