@@ -187,3 +187,10 @@ def test_video_audio_is_read_incrementally_like_load_audio(extractor, tmp_path, 
     meta = extract.extract_file(video, tmp_path / "v.npy", extractor=extractor, layout="ave")
     np.testing.assert_allclose(np.load(tmp_path / "v.npy"), expected, atol=1e-5)
     assert meta["n_frames"] == len(expected) == 75
+
+
+def test_a_level_normalised_release_streams_its_offline_features(speech):
+    enc = se4lip_features.load("se4lip-gridlrw-melcnn-v1", device="cpu")
+    assert enc.config.level_norm
+    offline = enc.extract(*speech)
+    np.testing.assert_allclose(push_all(StreamingExtractor(enc), speech[0], [1000]), offline, atol=1e-4)
