@@ -10,11 +10,12 @@ out, early stopping on held-out sync). Writes the fine-tuning report plus the ti
 ``--out``. GRID s1 is the shipped weights' own training speaker, so this measures the cost and the path, not the
 gain to expect on a new identity.
 
-    OMP_NUM_THREADS=1 python benchmarks/finetune_identity.py --n-videos 40 --steps 40 --eval-every 10 \
-        --threads 1 --work /tmp/ftid2 --out benchmarks/results/finetune_grid_s1.json
+    python benchmarks/finetune_identity.py --init se4lip-gridlrw-melcnn-v1 --side training --n-videos 80 \
+        --threads 2 --work /tmp/se4lip-generalisation/finetune \
+        --out benchmarks/results/generalisation/finetune_grid_s1_4min.json
 
-benchmarks/results/finetune_grid_s1.json comes from that command (--out in /tmp, then copied), on one thread of a
-2-core machine shared with a training run: 40 steps (not the rule's 140) to stay within a 10-minute CPU budget.
+benchmarks/results/generalisation/finetune_grid_s1_4min.json comes from that command, run by
+``benchmarks/quality/generalisation.sh`` (2 threads, nothing else running: 5.6 minutes for 4 minutes of video).
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ offset search scales to the clip, +-min(15, frames // 5), see ``evaluate.clip_sy
 the renderer-proxy landmark probe (LMD, mouth-opening r), trained on the set's own training clips. Writes
 ``generalise.json`` and ``generalise.md`` into ``--out``.
 
-    OMP_NUM_THREADS=1 python benchmarks/quality/generalise.py --weights se4lip-grid-s1-melcnn-v1 --no-probe \
-        --out benchmarks/results/generalise
-    python benchmarks/quality/generalise.py --weights se4lip-grid-s1-melcnn-v1 NEW.safetensors NEW-ft.safetensors \
-        --out benchmarks/results/generalisation
+    python benchmarks/quality/generalise.py --weights se4lip-grid-s1-melcnn-v1 --no-probe --out /tmp/generalise
+    # benchmarks/results/generalisation/generalise.{json,md}: run by benchmarks/quality/generalisation.sh
+    python benchmarks/quality/generalise.py --data-root /work/data --threads 2 --weights se4lip-grid-s1-melcnn-v1 \
+        se4lip-gridlrw-melcnn-v1 FINETUNED.safetensors --out benchmarks/results/generalisation
 """
 
 from __future__ import annotations

@@ -7,13 +7,12 @@ worst clip's mean cosine are reported per condition, and the sync accuracy (Sync
 encoder) at nominal level and at -30 dB. Writes ``--out`` (JSON) and the same name with .png (cosine vs gain,
 one line per weights; SNR conditions as points on the right).
 
-    OMP_NUM_THREADS=1 python benchmarks/quality/robustness.py \
-        --weights se4lip-grid-s1-melcnn-v1 se4lip-grid-s1-v1 --data /work/data/grid_s1 \
-        --split benchmarks/quality/heldout.json --max-clips 10 --snr 10 20 30 \
-        --out benchmarks/results/robustness.json
+    python benchmarks/quality/robustness.py --weights se4lip-grid-s1-melcnn-v1 se4lip-gridlrw-melcnn-v1 \
+        --data /work/data/grid_s1 --split benchmarks/quality/heldout.json --snr 10 20 30 --threads 2 \
+        --out benchmarks/results/generalisation/robustness.json
 
-benchmarks/results/robustness.{json,png} come from that command (run with --out in /tmp, then copied; 2.7 min
-on one thread of a shared 2-core machine).
+benchmarks/results/generalisation/robustness.{json,png} come from that command, run by
+``benchmarks/quality/generalisation.sh``.
 """
 
 from __future__ import annotations
