@@ -46,6 +46,10 @@ def plot(results: dict, path: Path) -> None:
                 ax.plot([c["db"] for c in conds], [c["mean_cosine"] for c in conds], "o-", label=name)
                 ax.fill_between([c["db"] for c in conds], [c["min_cosine"] for c in conds],
                                 [c["mean_cosine"] for c in conds], alpha=0.15)
+    for ax in (ax1, ax2):
+        ax.axhline(0.95, color="grey", ls=":", lw=1)
+    ax1.text(0.01, 0.93, "0.95: within it, features barely move", color="grey", fontsize=8, va="top",
+             transform=ax1.get_yaxis_transform())  # x in axes units, y in data units
     ax1.set(xlabel="gain (dB)", ylabel="cosine to nominal-level features", title="level (mean; band down to worst clip)")
     ax2.set(xlabel="white-noise SNR (dB)", title="noise")
     ax1.legend(fontsize=8)
