@@ -55,7 +55,7 @@ def replacing(*targets: Path, folder: bool = False) -> Iterator[list[Path]]:
     targets = tuple(Path(t) for t in targets)
     temps = []
     backups = {}  # target -> its earlier contents, kept until every rename has succeeded
-    replaced = 0
+    renaming = False
     try:
         for target in targets:  # inside the try: a signal between two of them leaves none behind
             temp_beside(target, folder, made=temps)
@@ -68,15 +68,19 @@ def replacing(*targets: Path, folder: bool = False) -> Iterator[list[Path]]:
                 else:
                     os.unlink(backup)
                     os.link(target, backup)
+        renaming = True
         for temp, target in zip(temps, targets):
             os.replace(temp, target)
-            replaced += 1
     except BaseException:
-        for k, target in enumerate(targets):
-            if target in backups and (k < replaced or folder):
-                remove(target)
+        for temp, target in zip(temps, targets):
+            # A target was replaced when its temporary is gone: read from the disk, not counted, so that a signal
+            # arriving just after a rename (before any counting) still has it undone.
+            renamed = renaming and not os.path.lexists(temp)
+            if target in backups and (renamed or folder):
+                if folder:
+                    remove(target)  # os.replace cannot put a folder over another
                 os.replace(backups.pop(target), target)
-            elif k < replaced:
+            elif renamed:
                 remove(target)
         raise
     finally:

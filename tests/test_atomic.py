@@ -47,6 +47,27 @@ def test_a_failed_rename_restores_the_set(tmp_path, monkeypatch):
     assert a.read_text() == "old npy" and not b.exists() and os.listdir(tmp_path) == ["x.npy"]
 
 
+def test_a_signal_just_after_a_rename_restores_the_set(tmp_path, monkeypatch):
+    """The rename is done, but the signal lands before the writer has counted it: it is still undone."""
+    a, b = tmp_path / "x.npy", tmp_path / "x.json"
+    a.write_text("old npy")
+    b.write_text("old json")
+    replace, calls = os.replace, []
+
+    def interrupted(src, dst):
+        replace(src, dst)
+        calls.append(dst)
+        if len(calls) == 1:  # only the first rename: the rollback's own renames go through
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt), atomic.replacing(a, b) as (ta, tb):
+        ta.write_text("new npy")
+        tb.write_text("new json")
+    assert (a.read_text(), b.read_text()) == ("old npy", "old json")
+    assert sorted(os.listdir(tmp_path)) == ["x.json", "x.npy"]
+
+
 def test_folders_are_swapped_whole(tmp_path):
     out = tmp_path / "data"
     out.mkdir()
