@@ -16,7 +16,6 @@ import difflib
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -314,42 +313,23 @@ def plan(renderer: Renderer, root: Path, revert: bool = False) -> list[FileChang
 def write(changes: list[FileChange]) -> None:
     """Write every change through a temporary file beside it, replacing the originals only at the end.
 
-    If a replacement fails, the files already replaced get their old bytes back before the error is
-    raised, so a checkout is never left half patched (or half reverted). Removals come last, and take
-    the folders they leave empty with them.
+    The files are written as one set by :func:`se4lip_features.atomic.replacing`: if a replacement fails (or a
+    signal stops it), the files already replaced get their old bytes back before the error is raised, so a
+    checkout is never left half patched (or half reverted). A symlinked file keeps its link (its target is
+    rewritten) and its mode; new files get 0644. Removals come last, and take the folders they leave empty
+    with them.
     """
-    staged = []
+    from se4lip_features import atomic  # here: se4lip-patch has the package; a checkout's copy never writes
+
     writes = [change for change in changes if change.new is not None]
-    try:
-        for change in writes:
-            # a symlinked file keeps its link: its target is rewritten
-            real = Path(os.path.realpath(change.path)) if change.old is not None else change.path
-            real.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=real.name + ".", suffix=".se4lip-tmp", dir=real.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(change.new)
+    reals = [Path(os.path.realpath(change.path)) if change.old is not None else change.path for change in writes]
+    with atomic.replacing(*reals) as temps:
+        for tmp, real, change in zip(temps, reals, writes):
+            tmp.write_bytes(change.new)
             if change.old is None:
                 os.chmod(tmp, 0o644)
             else:
                 shutil.copymode(real, tmp)
-            staged.append((tmp, real))
-        done = []
-        try:
-            for (tmp, path), change in zip(staged, writes):
-                done.append((path, change))  # before the rename: a signal just after it is still undone
-                os.replace(tmp, path)
-        except BaseException:  # a failed write, or a signal the command line turned into an exception
-            for path, change in done:
-                if change.old is None:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-                else:
-                    path.write_bytes(change.old)
-            raise
-    finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     removed = [change.path for change in changes if change.new is None]
     for path in removed:
         path.unlink()
