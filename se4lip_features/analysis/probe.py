@@ -597,11 +597,9 @@ def feature_extractor(spec: str, device: str = "cpu", precision: str = "fp32"):
     path = Path(spec)
     if path.suffix == ".pt":
         from ..model import ModelConfig, SE4Lip
-        from ..weights import sha256_file
+        from ..weights import non_finite, sha256_file
 
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only
-        from ..weights import non_finite
-
         bad = non_finite(ckpt["model"])
         if bad:
             raise ValueError(f"{path}: tensor {bad} holds NaN or infinite values; these weights cannot be used")

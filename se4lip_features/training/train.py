@@ -128,9 +128,10 @@ class WindowSampler:
                 frames = frames[:, :, ::-1]  # mirror: lips are near-symmetric, the sync is unchanged
             win = np.lib.stride_tricks.sliding_window_view(frames, 2 * half + 1, axis=0)  # (K, H, W, 3, 5)
             lips.append(torch.from_numpy(np.ascontiguousarray(win.transpose(0, 4, 3, 1, 2))))
-            wavs.append(torch.from_numpy(_augment(data.clip_audio(clip), cfg, rng)))
+            wav = data.clip_audio(clip)
+            wavs.append(torch.from_numpy(_augment(wav, cfg, rng)))
             if cfg.consistency:
-                twins.append(torch.from_numpy(_augment(data.clip_audio(clip), cfg, rng, noise_p=1.0)))
+                twins.append(torch.from_numpy(_augment(wav, cfg, rng, noise_p=1.0)))
             lip_idx.append(np.arange(s, s + cfg.lip_span))
             sp_idx.append(np.arange(s - cfg.speech_margin, s + cfg.lip_span + cfg.speech_margin))
             lip_clip.append(np.full(cfg.lip_span, b))
