@@ -24,20 +24,31 @@ def bf16(tiny_weights):
 
 
 needs_bf16 = pytest.mark.skipif(not BF16_CPU, reason="this CPU has no native bf16: the fast path computes in fp32")
+needs_hint = pytest.mark.skipif(not hasattr(torch.backends.mkldnn, "matmul"),
+                                reason="no oneDNN matmul hint before torch 2.9: the GRU computes in fp32")
 
 
 @needs_bf16
+@needs_hint
 @pytest.mark.parametrize("layout", ["ds", "hubert", "ave"])
-def test_bf16_features_are_close_to_fp32(extractor, bf16, speech, layout):
+def test_bf16_features_are_close_to_fp32(extractor, bf16, speech, layout, monkeypatch):
+    # Whether oneDNN then computes nn.GRU's matmuls in bf16 is its own choice, by CPU and matrix size (an AMD
+    # EPYC with AVX-512 BF16 keeps the tiny GRU, and the shipped one, in fp32; an Intel Xeon with AMX does not):
+    # so the test checks that the hint is in force during the encoder call, and the features' tolerance.
+    hinted = []
+    encode = bf16.speech.encode
+    monkeypatch.setattr(bf16.speech, "encode",
+                        lambda x: hinted.append(torch.backends.mkldnn.matmul.fp32_precision) or encode(x))
     exact = extractor.extract(*speech, layout=layout)
     fast = bf16.extract(*speech, layout=layout)
     assert fast.shape == exact.shape and fast.dtype == np.float32
+    assert hinted and set(hinted) == {"bf16"}
     # bf16 keeps 8 bits of mantissa in the matmul inputs; accumulation, GRU state and gates stay fp32
     assert cosine(fast, exact).min() > 0.9995
-    assert 1e-5 < np.abs(fast - exact).max() < 0.05  # the fast path really ran; features have unit RMS
+    assert np.abs(fast - exact).max() < 0.05  # features have unit RMS
 
 
-@pytest.mark.skipif(not hasattr(torch.backends.mkldnn, "matmul"), reason="no oneDNN matmul hint before torch 2.9")
+@needs_hint
 def test_bf16_setting_does_not_leak(bf16, speech, monkeypatch):
     monkeypatch.setattr(extract, "_cpu_has_bf16", lambda: True)  # the setting is made on any CPU then
     before = torch.backends.mkldnn.matmul.fp32_precision
