@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -222,12 +222,41 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
     Returns the sidecar dict. Refuses to overwrite unless ``force``.
     """
     audio_path, out_path = Path(audio_path), Path(out_path)
-    side = sidecar_path(out_path)
-    if not force and (out_path.exists() or side.exists()):
-        raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")
+    refuse_existing(out_path, force)
     extractor = extractor or load(weights, device)
     check_options(fps, layout, batch_size)
     source = audio.AudioFile(audio_path)  # opens and checks the file now; problems in its data show while reading
+
+    def check(n_frames: int) -> None:
+        if n_frames < 1:
+            raise audio.AudioError(too_short_message(str(audio_path), source.n_samples, fps))
+        source.warn_if_unreliable()
+
+    try:
+        rows = extractor.extract_blocks(source, fps, layout, batch_size, progress, total_s=source.duration_s)
+        return write_features(out_path, rows, extractor, fps=fps, layout=layout, audio_path=audio_path, check=check)
+    finally:
+        source.close()
+
+
+def refuse_existing(out_path: Path, force: bool) -> None:
+    """FileExistsError unless ``force`` when the feature file or its sidecar exists."""
+    if not force and (out_path.exists() or sidecar_path(out_path).exists()):
+        raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")
+
+
+def write_features(out_path: Path, rows: Iterable[np.ndarray], extractor: Extractor, *, fps: float, layout: str,
+                   audio_path: Path, check: Callable[[int], None] | None = None) -> dict:
+    """Write feature rows to ``out_path`` (.npy) and the sidecar ``se4lip-extract`` writes, as one atomic pair.
+
+    Parameters
+    ----------
+    rows : float32 chunks (k, W, dim) of ``extractor``'s features of ``audio_path`` at ``fps`` in ``layout``
+    check : called with the number of rows before the pair is published (raise to write nothing)
+
+    Returns the sidecar dict.
+    """
+    side = sidecar_path(out_path)
     new_dirs = [p for p in out_path.parents if not p.exists()]  # removed again if nothing gets written
     done = False
     try:
@@ -235,12 +264,9 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
         # sidecar goes first, so a reader that finds the .npy (the adapters key on it) finds its sidecar too.
         with atomic.replacing(side, out_path) as (tmp_side, tmp_npy):
             with open(tmp_npy, "wb") as f:
-                rows = extractor.extract_blocks(source, fps, layout, batch_size, progress,
-                                                total_s=source.duration_s)
                 n_frames = _write_npy(f, rows, (LAYOUTS[layout], extractor.dim), out_path)
-            if n_frames < 1:
-                raise audio.AudioError(too_short_message(str(audio_path), source.n_samples, fps))
-            source.warn_if_unreliable()
+            if check is not None:
+                check(n_frames)
             meta = sidecar.describe(dim=extractor.dim, layout=layout, window=LAYOUTS[layout], fps=fps,
                                     n_frames=n_frames, weights=extractor.name, weights_sha256=extractor.sha256,
                                     weights_source=extractor.info.get("source", extractor.name),
@@ -254,7 +280,6 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
         # a failed write to the temporary (disk full, file size limit) names no file: name the output
         raise OSError(f"{out_path}: cannot write ({err.strerror or err})") from err
     finally:
-        source.close()
         if not done:
             for folder in new_dirs:  # deepest first
                 with contextlib.suppress(OSError):
