@@ -11,6 +11,7 @@ from . import common, engine, nerf
 
 FEATURES = ("deepspeech", "esperanto", "hubert", common.FEATURE)
 feature_dim, load_features, guard_checkpoints, mux_audio = nerf.bind("ER-NeRF")
+live_asr = nerf.live_asr
 
 RENDERER = engine.Renderer("Fictionarry/ER-NeRF", "0cf72d8fb598d321de86b445bcd363cc2f6346a5", nerf.edits(
     "nerf_triplane", "ernerf", FEATURES, "deepspeech",

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import common, engine
-from .engine import branch, insert_after, insert_at, insert_before
+from .engine import branch, insert_after, insert_at, insert_before, or_else
 
 FLAG = "--asr_model"  # the renderers' own feature option; --audio_feature is added as its alias
 ID_KEY = "aud_id"  # their data sets index self-driven features with each frame's aud_id
@@ -61,11 +61,9 @@ class Runtime:
     def feature_dim(self, opt) -> int:
         """AudioNet's input dimension, from the sidecar of the avatar's SE4Lip features.
 
-        Refuses the modes SE4Lip features do not support: live speech recognition and ``--emb``.
+        Refuses ``--emb`` (class labels), which SE4Lip features are not. With ``--asr`` the data directory's
+        features still fix the dimension: the live windows come from the same weights (``live.LiveASR``).
         """
-        if getattr(opt, "asr", False):
-            raise ValueError(f"--asr (live speech recognition) cannot use {FLAG} {common.FEATURE}: {self.renderer} "
-                             f"runs a speech recognition model named by {FLAG} in that mode")
         if getattr(opt, "emb", False):
             raise ValueError("--emb expects class labels; SE4Lip features are embeddings, drop --emb")
         return int(self.reference(opt)[0]["dim"])
@@ -98,6 +96,27 @@ def bind(renderer: str):
     """``(feature_dim, load_features, guard_checkpoints, mux_audio)`` for a renderer module to expose."""
     runtime = Runtime(renderer)
     return runtime.feature_dim, runtime.load_features, runtime.guard_checkpoints, runtime.mux_audio
+
+
+def live_asr(opt):
+    """The real-time mode's audio path with ``--asr_model se4lip``: ``live.LiveASR``, imported only then."""
+    from . import live
+
+    return live.LiveASR(opt)
+
+
+def live_edit(pkg: str, module: str) -> engine.Edit:
+    """``NeRFGUI`` builds ``LiveASR`` instead of the renderer's ``ASR`` when se4lip is the chosen feature.
+
+    Every renderer feature keeps its own ``ASR`` (the original line, under ``else:``).
+    """
+    build = "            self.asr = ASR(opt)"
+    return engine.Edit(f"{pkg}/gui.py", "the ASR construction in NeRFGUI.__init__",
+                       ("        if self.opt.asr:", build),
+                       (0,) + branch("            ", "if self.opt.asr_model == 'se4lip':",
+                                     engine.imports(module, f"se4lip_{module}"),
+                                     f"self.asr = se4lip_{module}.live_asr(opt)") + or_else(build, 1),
+                       scope="class NeRFGUI:")
 
 
 def edits(pkg: str, module: str, features: tuple[str, ...], asr_default: str,
@@ -133,6 +152,7 @@ def edits(pkg: str, module: str, features: tuple[str, ...], asr_default: str,
                       ["            else:", "                aud_features = np.load(self.opt.aud)"],
                       branch("            ", f"elif {se4lip}:", imp, f"aud_features = {alias}.load_features(self.opt)"),
                       scope="class NeRFDataset:"),
+        live_edit(pkg, module),
         insert_before(f"{pkg}/utils.py", "the end of Trainer.test", ['        self.log(f"==> Finished Test.")'],
                       branch("        ", f"if {se4lip}:", imp,
                              f"{alias}.mux_audio(self.opt, os.path.join(save_path, f'{{name}}.mp4'))"),

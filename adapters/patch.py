@@ -37,7 +37,7 @@ RENDERERS = {module.__name__.rsplit(".", 1)[1]: module.RENDERER
 
 # The modules the inserted lines reach, written into the checkout as they are installed here: all of this
 # package but patch.py (the command line), and the package's sidecar.py, the one feature reader.
-RUNTIME_MODULES = ("common", "engine", "nerf", "gaussian", *RENDERERS)
+RUNTIME_MODULES = ("common", "engine", "nerf", "live", "gaussian", *RENDERERS)
 
 
 def runtime_files() -> dict[str, bytes]:

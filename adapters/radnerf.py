@@ -13,6 +13,7 @@ from .engine import Edit, branch, or_else
 
 FEATURES = ("deepspeech", "esperanto", common.FEATURE)
 feature_dim, load_features, guard_checkpoints, mux_audio = nerf.bind("RAD-NeRF")
+live_asr = nerf.live_asr
 
 _ASR = "cpierse/wav2vec2-large-xlsr-53-esperanto"
 _MAIN = nerf.edits("nerf", "radnerf", FEATURES, _ASR,

@@ -14,6 +14,7 @@ from .engine import branch, insert_after, insert_at, insert_before
 # --audio_feature accepts SyncTalk's own feature names too, so one flag serves every run.
 FEATURES = ("ave", "deepspeech", "esperanto", "hubert", common.FEATURE)
 feature_dim, load_features, guard_checkpoints, mux_audio = nerf.bind("SyncTalk")
+live_asr = nerf.live_asr
 
 _IMPORT = engine.imports("synctalk", "se4lip_synctalk")
 _SE4LIP = "self.opt.asr_model == 'se4lip'"
@@ -46,6 +47,7 @@ RENDERER = engine.Renderer("ZiqiaoPeng/SyncTalk", "d2427a3d7301234ca417ef7660aaf
           ("the cross-driven np.load(self.opt.aud) in NeRFDataset.__init__",
            ["                else:", "                    try:", "                        aud_features = np.load(self.opt.aud)"]),
       )),
+    nerf.live_edit("nerf_triplane", "synctalk"),
     insert_before(
         "nerf_triplane/utils.py", "the end of Trainer.test",
         ['        self.log(f"==> Finished Test.")'],

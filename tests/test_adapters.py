@@ -454,11 +454,9 @@ def test_synctalk_checkpoints_of_other_features_are_refused(checkout, data, defa
         network.NeRFNetwork(synctalk_opt(data)).load_state_dict(se4lip_state, strict=False)
 
 
-def test_synctalk_refuses_live_asr_and_emb(checkout, data, default_weights):
+def test_synctalk_refuses_emb(checkout, data, default_weights):
     checkout("synctalk")
     network = importlib.import_module("nerf_triplane.network")
-    with pytest.raises(ValueError, match="live speech recognition"):
-        network.NeRFNetwork(synctalk_opt(data, asr=True))
     with pytest.raises(ValueError, match="--emb"):
         network.NeRFNetwork(synctalk_opt(data, emb=True))
 
