@@ -10,7 +10,8 @@ REPO=$(cd "${1:-$(dirname "$0")/..}" && pwd)
 VENVS=${VENVS:-/tmp/se4lip-ci-venvs}
 # extraction, golden features (within 1e-4 of the committed ones), weights, CLI, streaming, adapters + fixtures
 RUNTIME_TESTS="tests/test_audio.py tests/test_extract.py tests/test_weights.py tests/test_cli.py tests/test_stream.py
-               tests/test_atomic.py tests/test_fast_paths.py tests/test_adapters.py tests/test_adapters_more.py"
+               tests/test_atomic.py tests/test_fast_paths.py tests/test_adapters.py tests/test_adapters_more.py
+               tests/test_live.py"
 export SE4LIP_TEST_EXTRACT=${SE4LIP_TEST_EXTRACT:-$(command -v se4lip-extract || true)}
 if [ -z "$SE4LIP_TEST_EXTRACT" ]; then
     echo "note: no se4lip-extract on PATH; the renderer-environment test uses each venv's own"

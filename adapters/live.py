@@ -56,13 +56,14 @@ class LiveASR:
 
     Parameters
     ----------
-    opt : the renderer's options: ``path`` (the data directory whose ``aud_se4lip.npy`` sidecar names the
-        weights and layout), ``asr_wav`` ('' for the microphone), ``asr_play``, ``asr_save_feats``, ``att``,
-        ``fps`` (audio chunks per second, 50), ``workspace`` (where a microphone session is saved)
+    opt : the renderer's options: ``asr_wav`` ('' for the microphone), ``asr_play``, ``asr_save_feats``,
+        ``att``, ``fps`` (audio chunks per second, 50), ``workspace`` (where a microphone session is saved)
+    reference : the sidecar of the avatar's training features, which names the weights and layout
+    where : the feature file of ``reference``, for messages
     device : where windows are computed and returned; None: CUDA when available, as the renderers' ASR
     """
 
-    def __init__(self, opt, device=None):
+    def __init__(self, opt, reference: dict, where, device=None):
         try:
             import torch
 
@@ -76,13 +77,13 @@ class LiveASR:
         self.att = int(getattr(opt, "att", 2))
         if self.att not in ATT_ROWS:
             raise ValueError(f"--att {self.att}: the renderers' attention modes are 0, 1 and 2")
-        self.reference = common.self_meta(opt.path)  # the avatar's training features fix weights and layout
+        self.reference = reference
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         source = self.reference.get("weights_source") or self.reference["weights"]
         extractor = extract.load(source, device=self.device)
         if extractor.sha256 != self.reference["weights_sha256"]:
             raise common.FeatureError(
-                f"{Path(opt.path) / common.SELF_FEATURES}: the avatar was trained on features from weights "
+                f"{where}: the avatar was trained on features from weights "
                 f"{self.reference['weights']} ({self.reference['weights_sha256'][:12]}), but {source} is now "
                 f"{extractor.sha256[:12]}; live features must come from the same weights")
         self.extractor = extractor

@@ -99,10 +99,15 @@ def bind(renderer: str):
 
 
 def live_asr(opt):
-    """The real-time mode's audio path with ``--asr_model se4lip``: ``live.LiveASR``, imported only then."""
+    """The real-time mode's audio path with ``--asr_model se4lip``: ``live.LiveASR``, imported only then.
+
+    The avatar's features name the weights and layout: the data directory's ``aud_se4lip.npy``, or in
+    RAD-NeRF's ``test.py`` (no data directory) the sidecar of the ``--aud`` features, as for the network.
+    """
     from . import live
 
-    return live.LiveASR(opt)
+    reference, where = Runtime("the renderer").reference(opt)
+    return live.LiveASR(opt, reference, where)
 
 
 def live_edit(pkg: str, module: str) -> engine.Edit:

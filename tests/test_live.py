@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 from adapter_helpers import block_package, write_wav
-from se4lip_features.adapters import common, live
+from se4lip_features.adapters import common, live, nerf
 
 from se4lip_features import extract
 
@@ -40,6 +40,11 @@ def offline_windows(npy, att):
     zero = torch.zeros_like(feats[0])
     return [torch.stack([feats[k] if 0 <= k < len(feats) else zero for k in range(i + lo, i + hi)])
             for i in range(len(feats))]
+
+
+def live_asr(opt):
+    """What the patched GUI builds, without a checkout."""
+    return nerf.live_asr(opt)
 
 
 def gui_module(renderer):
@@ -95,7 +100,7 @@ def test_the_avatars_layout_and_attention_mode_go_live(checkout, data, default_w
 
 
 def test_a_window_waits_for_its_audio_and_no_longer(data, default_weights, voice):
-    asr = live.LiveASR(live_opt(data, voice))
+    asr = live_asr(live_opt(data, voice))
     stream_latency = asr.stream.latency_s
     assert asr.latency_s == pytest.approx(3 / 25 + stream_latency)  # --att 2 reads 3 frames ahead
     for i in range(20):
@@ -106,7 +111,7 @@ def test_a_window_waits_for_its_audio_and_no_longer(data, default_weights, voice
 
 
 def test_warm_up_reads_enough_for_the_first_window(data, default_weights, voice):
-    asr = live.LiveASR(live_opt(data, voice))
+    asr = live_asr(live_opt(data, voice))
     asr.warm_up()
     done = asr.idx
     assert done >= asr.latency_s * 16000 and asr.warm_up_steps == int(np.ceil(asr.latency_s * 50))
@@ -115,7 +120,7 @@ def test_warm_up_reads_enough_for_the_first_window(data, default_weights, voice)
 
 
 def test_save_feats_writes_what_se4lip_extract_writes(data, default_weights, voice, tmp_path):
-    asr = live.LiveASR(live_opt(data, voice, asr_save_feats=True))
+    asr = live_asr(live_opt(data, voice, asr_save_feats=True))
     asr.run()
     saved = voice.with_name("speech_se4lip.npy")
     npy = tmp_path / "offline.npy"
@@ -123,7 +128,7 @@ def test_save_feats_writes_what_se4lip_extract_writes(data, default_weights, voi
     assert json.loads(saved.with_suffix(".json").read_text()) == expected
     np.testing.assert_allclose(np.load(saved), np.load(npy), atol=1e-5, rtol=0)
     with pytest.raises(FileExistsError, match=r"speech_se4lip.npy: exists; move it away or drop --asr_save_feats"):
-        live.LiveASR(live_opt(data, voice, asr_save_feats=True))  # refused before any work
+        live_asr(live_opt(data, voice, asr_save_feats=True))  # refused before any work
 
 
 class FakeStream:
@@ -170,7 +175,7 @@ def microphone(monkeypatch, voice):
 def test_microphone_session_saves_its_audio_and_features(data, default_weights, microphone, tmp_path):
     opt = live_opt(data, "", asr_save_feats=True, asr_play=True)
     (data / "workspace").mkdir()
-    with live.LiveASR(opt) as asr:
+    with live_asr(opt) as asr:
         asr.warm_up()
         got = [asr.get_next_feat() for _ in range(30)]
         assert asr.reader.is_alive() and asr.player.is_alive()  # the microphone and the player run on threads
@@ -198,7 +203,7 @@ def test_weights_that_changed_since_training_are_refused(data, default_weights, 
     meta["weights_source"] = str(default_weights["other"])
     (data / "aud_se4lip.json").write_text(json.dumps(meta))
     with pytest.raises(common.FeatureError, match="live features must come from the same weights"):
-        live.LiveASR(live_opt(data, voice))
+        live_asr(live_opt(data, voice))
 
 
 def test_without_the_package_live_mode_says_what_to_install(checkout, data, default_weights, monkeypatch):
@@ -209,3 +214,16 @@ def test_without_the_package_live_mode_says_what_to_install(checkout, data, defa
     gui = importlib.import_module("nerf.gui")
     with pytest.raises(ValueError, match=r"needs se4lip-features installed here \(pip install se4lip-features\)"):
         gui.NeRFGUI(live_opt(data), None, None)
+
+
+def test_radnerf_test_py_goes_live_from_the_aud_features(checkout, data, default_weights, voice, tmp_path):
+    """RAD-NeRF's test.py has no data directory: the --aud features' sidecar names the weights and layout."""
+    checkout("radnerf")
+    npy = tmp_path / "test_se4lip.npy"
+    extract.extract_file(voice, npy, weights=str(default_weights["tiny"]), layout="hubert")
+    opt = live_opt(data, voice, path=None, aud=str(npy))
+    with gui_module("radnerf").NeRFGUI(opt, None, None) as gui:
+        got = gui.play(5)
+    assert gui.asr.layout == "hubert" and got[0].shape == (8, 24, 2)
+    for a, b in zip(got, offline_windows(npy, att=2)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
