@@ -143,6 +143,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < math.inf:
@@ -522,9 +529,10 @@ def lmd_parser() -> argparse.ArgumentParser:
                                 "renderer's audio path predicts mouth landmarks from each feature type.")
     p.add_argument("data", type=Path, help="prepared dataset folder (se4lip-prepare)")
     p.add_argument("features", nargs="+",
-                   help="feature types: log-mel, mfcc, stft, SE4Lip .safetensors or se4lip-train ckpt.pt")
+                   help="feature types: log-mel, mfcc, stft, whisper-tiny.en (the whisper extra), SE4Lip weights "
+                        "(a released name, .safetensors) or se4lip-train ckpt.pt")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder (probe.json, probe.md, probe.png)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--seeds", type=_nonnegative_int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=_positive_int, default=ProbeConfig.steps)
     p.add_argument("--val-clips", type=_positive_int, default=60, help="held-out utterances (PreparedData.split)")
     p.add_argument("--split-seed", type=int, default=0)
@@ -553,6 +561,8 @@ def _eval_lmd(args) -> int:
     try:
         data = PreparedData(args.data)
         specs = [probe.feature_extractor(s, precision=args.precision) for s in args.features]
+        labels = probe.unique_labels(args.features, [label for label, _ in specs])
+        specs = [(label, ex) for label, (_, ex) in zip(labels, specs)]
         train, held = probe.split_clips(data, args.val_clips, args.split_seed, args.split)
     except (OSError, ValueError, RuntimeError) as err:
         return _fail(prog, err)

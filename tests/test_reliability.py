@@ -94,6 +94,25 @@ def _setup_ckpt(tmp):
     (tmp / "run" / "ckpt.pt").write_bytes(data[: len(data) // 2])
 
 
+class _RunsCode:
+    """Unpickling this runs a shell command (what a crafted checkpoint does)."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def _setup_crafted_ckpt(tmp):
+    (tmp / "run").mkdir()
+    torch.save({"model": _RunsCode(tmp / "PWNED")}, tmp / "run" / "ckpt.pt")
+
+
+def _setup_not_a_ckpt(tmp):
+    torch.save([1, 2, 3], tmp / "list.pt")
+
+
 def _setup_ids(content):
     def setup(tmp):
         (tmp / "ids.json").write_text(content)
@@ -164,7 +183,19 @@ CASES = {  # name: (main, argv, setup, exit status, the line on stderr; * matche
     "train --resume a truncated checkpoint": (
         train_main, ["{data}", "-o", "{tmp}/run", "--resume", *TINY_FLAGS], _setup_ckpt, 1,
         "se4lip-train: {tmp}/run/ckpt.pt: damaged or not a se4lip-train checkpoint (*); start a new run"),
+    "train --resume a checkpoint that runs code": (  # loading it must not run it: files(tmp) shows no PWNED
+        train_main, ["{data}", "-o", "{tmp}/run", "--resume", *TINY_FLAGS], _setup_crafted_ckpt, 1,
+        ("se4lip-train: {tmp}/run/ckpt.pt: not a se4lip-train checkpoint: it holds objects other than tensors and "
+         "plain values, and loading those could run code, so nothing in it was loaded (*)")),
     # se4lip-eval
+    "eval lmd on a .pt that is not a checkpoint": (
+        eval_main, ["lmd", "{data}", "{tmp}/list.pt", "-o", "{tmp}/probe"], _setup_not_a_ckpt, 1,
+        ("se4lip-eval lmd: {tmp}/list.pt: damaged or not a se4lip-train checkpoint (TypeError: holds a list, not "
+         "a dict); start a new run")),
+    "eval lmd --seeds -1": (eval_main, ["lmd", "{data}", "log-mel", "-o", "{tmp}/probe", "--seeds", "-1"], None, 2,
+                            "se4lip-eval lmd: error: argument --seeds: must be 0 or more, got -1"),
+    "eval lmd the same weights twice": (
+        eval_main, ["lmd", "{data}", "{w}", "{w}", "-o", "{tmp}/probe"], None, 1, "se4lip-eval lmd: {w}: given twice"),
     "eval sync --ids missing": (
         eval_main, ["sync", "{data}", "--weights", ARG, "--ids", "{tmp}/none.json"], None, 1,
         "se4lip-eval: --ids {tmp}/none.json: no such file"),
@@ -496,3 +527,17 @@ def test_a_signal_while_patching_leaves_the_checkout_and_no_temporary(tmp_path, 
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "se4lip-patch: stopped by SIGTERM; no partial output was kept")
     assert snapshot(tmp_path / "SyncTalk") == before
+
+
+def test_lmd_labels_two_runs_apart(tmp_path, tiny_weights):
+    """Two runs' final.safetensors were one row 'se4lip:final' (the first run's numbers lost); each keeps its path."""
+    from se4lip_features.analysis import probe
+
+    specs = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        specs.append(str(shutil.copy(tiny_weights, tmp_path / run / "final.safetensors")))
+    labels = [probe.feature_extractor(spec)[0] for spec in specs + ["log-mel"]]
+    assert labels == ["se4lip:final", "se4lip:final", "log-mel"]
+    assert probe.unique_labels(specs + ["log-mel"], labels) == [f"se4lip:{specs[0]}", f"se4lip:{specs[1]}", "log-mel"]
+    assert probe.unique_labels(specs, ["se4lip:final bf16"] * 2) == [f"se4lip:{s} bf16" for s in specs]

@@ -580,8 +580,23 @@ def write_outputs(result: dict, out_dir: str | Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------ feature types
 
+def unique_labels(specs: list[str], labels: list[str]) -> list[str]:
+    """``labels`` made unique: a label shared by several specs (two runs' ``final.safetensors``) gets each
+    spec's path, as given, in its place (``se4lip:runs/a/final.safetensors``); a spec given twice is refused."""
+    if len(set(specs)) < len(specs):
+        twice = next(spec for spec in specs if specs.count(spec) > 1)
+        raise ValueError(f"{twice}: given twice")
+    out = []
+    for spec, label in zip(specs, labels):
+        if labels.count(label) > 1:
+            kind, rest = label.split(":", 1)
+            label = " ".join([f"{kind}:{spec}", *rest.split(" ", 1)[1:]])  # a precision (" bf16") is kept
+        out.append(label)
+    return out
+
+
 def feature_extractor(spec: str, device: str = "cpu", precision: str = "fp32"):
-    """A feature extractor from a spec: a baseline name (``log-mel``, ``mfcc``, ``stft``), SE4Lip weights
+    """A feature extractor from a spec: a baseline name (``log-mel``, ``mfcc``, ``stft``, ``whisper-tiny.en``), SE4Lip weights
     (``.safetensors``, or a registry name), or a training checkpoint ``ckpt.pt`` of ``se4lip-train``.
     SE4Lip runs at ``precision`` (see :data:`se4lip_features.extract.PRECISIONS`); bf16 is in its label.
 
@@ -597,9 +612,10 @@ def feature_extractor(spec: str, device: str = "cpu", precision: str = "fp32"):
     path = Path(spec)
     if path.suffix == ".pt":
         from ..model import ModelConfig, SE4Lip
+        from ..training.train import load_checkpoint
         from ..weights import non_finite, sha256_file
 
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only
+        ckpt = load_checkpoint(path, "cpu")
         bad = non_finite(ckpt["model"])
         if bad:
             raise ValueError(f"{path}: tensor {bad} holds NaN or infinite values; these weights cannot be used")

@@ -373,18 +373,32 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
 
 
 def load_checkpoint(path: Path, device) -> dict:
-    """A run's checkpoint; a missing or damaged one is a one-line error naming it."""
+    """A run's checkpoint, the one reader of ``ckpt.pt``; a missing or damaged one is a one-line error naming it.
+
+    Tensors and plain values only (``weights_only``): a crafted file holding any other object is refused
+    before anything in it runs.
+    """
     import pickle
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume; start the run without --resume")
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path}: not a se4lip-train checkpoint: it holds objects other than tensors and plain "
+                         f"values, and loading those could run code, so nothing in it was loaded "
+                         f"({' '.join(str(err).split())[:120]})") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{path}: damaged or not a se4lip-train checkpoint ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]}); start a new run") from err
+    try:
+        if not isinstance(state, dict):
+            raise TypeError(f"holds a {type(state).__name__}, not a dict")
         ModelConfig.from_dict(state["model_config"])
         missing = {"model", "optimizer", "step", "history", "rng", "torch_rng"} - set(state)
         if missing:
             raise KeyError(f"lacks {sorted(missing)}")
-    except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{path}: damaged or not a se4lip-train checkpoint ({type(err).__name__}: "
                          f"{' '.join(str(err).split())[:200]}); start a new run") from err
     return state
