@@ -395,6 +395,10 @@ def train_main(argv=None) -> int:
     out = args.out or args.data[0].with_name(args.data[0].name + "-se4lip-run")
     if (out / "ckpt.pt").exists() and not args.resume:
         return _fail(parser.prog, f"{out}: holds a checkpoint; pass --resume to continue it or -o for a new run")
+    if not args.resume and out.is_dir() and any(out.iterdir()):  # a finished run, or not a run at all
+        return _fail(parser.prog, f"{out}: exists and is not empty; a new run goes into a new or empty folder (-o)")
+    if out.exists() and not out.is_dir():
+        return _fail(parser.prog, f"-o {out}: exists and is not a folder")
     if args.resume and not (out / "ckpt.pt").is_file():
         return _fail(parser.prog, f"{out / 'ckpt.pt'}: no checkpoint to resume; start the run without --resume")
     try:

@@ -113,6 +113,12 @@ def _setup_not_a_ckpt(tmp):
     torch.save([1, 2, 3], tmp / "list.pt")
 
 
+def _setup_finished_run(tmp):
+    (tmp / "run").mkdir()
+    for name in ("final.safetensors", "history.json", "split.json", "training.png"):  # its ckpt.pt deleted
+        (tmp / "run" / name).write_text("a finished run")
+
+
 def _setup_ids(content):
     def setup(tmp):
         (tmp / "ids.json").write_text(content)
@@ -183,6 +189,12 @@ CASES = {  # name: (main, argv, setup, exit status, the line on stderr; * matche
     "train --resume a truncated checkpoint": (
         train_main, ["{data}", "-o", "{tmp}/run", "--resume", *TINY_FLAGS], _setup_ckpt, 1,
         "se4lip-train: {tmp}/run/ckpt.pt: damaged or not a se4lip-train checkpoint (*); start a new run"),
+    "train into a finished run without its checkpoint": (
+        train_main, ["{data}", "-o", "{tmp}/run", *TINY_FLAGS], _setup_finished_run, 1,
+        "se4lip-train: {tmp}/run: exists and is not empty; a new run goes into a new or empty folder (-o)"),
+    "train -o naming a file": (
+        train_main, ["{data}", "-o", "{tmp}/plot.png", *TINY_FLAGS], _setup_plot, 1,
+        "se4lip-train: -o {tmp}/plot.png: exists and is not a folder"),
     "train --resume a checkpoint that runs code": (  # loading it must not run it: files(tmp) shows no PWNED
         train_main, ["{data}", "-o", "{tmp}/run", "--resume", *TINY_FLAGS], _setup_crafted_ckpt, 1,
         ("se4lip-train: {tmp}/run/ckpt.pt: not a se4lip-train checkpoint: it holds objects other than tensors and "
@@ -541,3 +553,19 @@ def test_lmd_labels_two_runs_apart(tmp_path, tiny_weights):
     assert labels == ["se4lip:final", "se4lip:final", "log-mel"]
     assert probe.unique_labels(specs + ["log-mel"], labels) == [f"se4lip:{specs[0]}", f"se4lip:{specs[1]}", "log-mel"]
     assert probe.unique_labels(specs, ["se4lip:final bf16"] * 2) == [f"se4lip:{s} bf16" for s in specs]
+
+
+def test_resume_refuses_other_data_and_a_finished_schedule(grid_dataset, tmp_path, capfd):
+    """--resume on other data continued silently, and --steps below the run's step printed 'step 32 of 10'."""
+    run = tmp_path / "run"
+    assert train_main([str(grid_dataset), "-o", str(run), "--steps", "3", "--stop-at", "2", *TINY_FLAGS]) == 0
+    capfd.readouterr()
+    before = files(run)
+    assert train_main([str(grid_dataset), "-o", str(run), "--resume", "--steps", "1", *TINY_FLAGS]) == 1
+    assert capfd.readouterr().err.strip() == (f"se4lip-train: {run}/ckpt.pt: the run is at step 2, past --steps 1; "
+                                              "resume with --steps 2 or more")
+    assert train_main([str(grid_dataset), "-o", str(run), "--resume", "--steps", "3", "--seed", "5",
+                       *TINY_FLAGS]) == 1
+    err = capfd.readouterr().err.strip()
+    assert err.startswith(f"se4lip-train: {run}/split.json: the run held out other clips than these datasets do")
+    assert files(run) == before

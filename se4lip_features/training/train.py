@@ -254,6 +254,10 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
     if resume:
         state = load_checkpoint(ckpt_path, device)
         model_cfg = ModelConfig.from_dict(state["model_config"])  # the design the run was started with
+        if state["step"] > cfg.steps:
+            raise ValueError(f"{ckpt_path}: the run is at step {state['step']}, past --steps {cfg.steps}; resume "
+                             f"with --steps {state['step']} or more")
+        _check_same_split(out_dir / "split.json", [c.id for _, c in val_items])
     atomic.write_text(out_dir / "split.json", json.dumps({"val": [c.id for _, c in val_items]}, indent=0))
 
     torch.manual_seed(cfg.seed)
@@ -370,6 +374,20 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
                                "steps": step, "init": init or "", "train_wall_s": f"{history['wall_s']:.0f}"})
         plot_history(history, out_dir / "training.png")
     return history
+
+
+def _check_same_split(path: Path, val_ids: list[str]) -> None:
+    """Refuse to resume a run on other data: its split.json must hold out exactly the clips these datasets do."""
+    try:
+        saved = json.loads(path.read_text())["val"]
+    except FileNotFoundError:
+        return  # a run from before split.json was written
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a split.json of se4lip-train ({err})") from None
+    if saved != val_ids:
+        other = sorted(set(saved) - set(val_ids))[:3] or sorted(set(val_ids) - set(saved))[:3]
+        raise ValueError(f"{path}: the run held out other clips than these datasets do (e.g. {', '.join(other)}): "
+                         "other data, or another --val-clips/--seed; resume with the run's own data and recipe")
 
 
 def load_checkpoint(path: Path, device) -> dict:
