@@ -122,6 +122,9 @@ class AudioFile:
         self.duration_s = (float(stream.duration * stream.time_base) if stream.duration
                            else self.file.duration / 1e6 if self.file.duration else None)
         self.empty_message = "audio stream holds no samples"
+        # A video's audio is placed on the video's clock: sample 0 is the instant of the first video frame.
+        self.video_start_s = _first_video_time(self.path, av) if self.file.streams.video else None
+        self.lead_s = 0.0  # silence before the audio's first sample (negative: audio cut before the video)
 
     def close(self) -> None:
         self.file.close()
@@ -141,14 +144,22 @@ class AudioFile:
                 raise AudioError(f"{self.path}: not a readable audio file ({_sndfile_reason(err)})") from err
         av = _import_av(self.path)
 
-        parts, held = [], 0
+        parts, held, skip = [], 0, None
         try:
             for frame in self.file.decode(self.file.streams.audio[0]):
                 pcm = frame.to_ndarray()  # planar (channels, n) or packed (1, n * channels)
                 if not frame.format.is_planar:
                     pcm = pcm.reshape(-1, len(frame.layout.channels)).T
-                parts.append(_to_float(pcm).mean(axis=0))
-                held += parts[-1].shape[0]
+                mono = _to_float(pcm).mean(axis=0)
+                if skip is None:  # the first frame: samples to drop (> 0) or silence to put first (< 0)
+                    skip = self._skip_to_video_clock(frame.time)
+                    if skip < 0:
+                        mono, skip = np.concatenate([np.zeros(-skip, np.float32), mono]), 0
+                if skip > 0:
+                    cut = min(skip, len(mono))
+                    mono, skip = mono[cut:], skip - cut
+                parts.append(mono)
+                held += len(mono)
                 if held >= self.block:
                     yield np.concatenate(parts).astype(np.float32)
                     parts, held = [], 0
@@ -156,6 +167,20 @@ class AudioFile:
             raise AudioError(f"{self.path}: cannot decode audio ({_ffmpeg_reason(err)})") from err
         if parts:
             yield np.concatenate(parts).astype(np.float32)
+
+    def _skip_to_video_clock(self, first_time: float | None) -> int:
+        """Native samples to drop (> 0) or silence to put first (< 0) so that sample 0 is the first video frame.
+
+        The streams' own start times place them on one clock (an audio track may start 0.4 s after the video,
+        in sync in every player); without a video stream, or without times, the audio starts at sample 0.
+        """
+        if self.video_start_s is None or first_time is None:
+            return 0
+        self.lead_s = float(first_time) - self.video_start_s
+        if self.lead_s and self.duration_s is not None:
+            stream = self.file.streams.audio[0]  # only the audio stream's own length moves with it
+            self.duration_s = float(stream.duration * stream.time_base) + self.lead_s if stream.duration else None
+        return -round(self.lead_s * self.sr)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         """The 16 kHz blocks, in order; the file is closed at the end (read it once)."""
@@ -244,6 +269,17 @@ def _ogg_ends_inside_a_page(path: Path) -> bool:
                 return True
             pos += 27 + len(table) + sum(table)
     return pos > size
+
+
+def _first_video_time(path: Path, av) -> float | None:
+    """Time of the first decoded frame of a file's first video stream (the clock lips.read_video counts from)."""
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(container.streams.video[0]):
+                return None if frame.time is None else float(frame.time)
+    except av.error.FFmpegError:
+        return None  # an undecodable video: lips.read_video names the problem
+    return None
 
 
 def _import_av(path: Path):

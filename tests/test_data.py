@@ -1,6 +1,7 @@
 """Data preparation: frame/audio alignment, lip crops, dropped faces, the renderer-folder reader."""
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -67,6 +68,32 @@ def test_renderer_folder_reader(tmp_path):
     assert json.loads((tmp_path / "ds" / "meta.json").read_text())["gap"] == [14, 18]
 
 
+def test_renderer_folder_gaps_stay_in_place(tmp_path, caplog):
+    """Frames 3-5 missing from ori_imgs moved every later frame 3 frames earlier against the audio (issue 21, H2)."""
+    renderer_folder(tmp_path / "May")
+    imgs = tmp_path / "May" / "ori_imgs"
+    data.prepare_renderer_folder(tmp_path / "May", tmp_path / "full")
+    for i in (3, 4, 5, 6):
+        (imgs / f"{i}.jpg").unlink()
+        (imgs / f"{i}.lms").unlink(missing_ok=True)
+    (imgs / "9.lms").write_text("")  # an empty landmark file
+    (imgs / "10.lms").write_text("1 2\n3 4\n")  # two points, not 68
+    with caplog.at_level("WARNING"):
+        data.prepare_renderer_folder(tmp_path / "May", tmp_path / "ds")
+    assert "4 of 20 frames missing (first: 3.jpg, 4.jpg, 5.jpg, 6.jpg)" in caplog.text
+    assert "9.lms: is empty; the frame counts as without a face" in caplog.text
+    assert "10.lms: 2 points of 2 values, not 68 (x, y)" in caplog.text
+    ds, before = data.PreparedData(tmp_path / "ds"), data.PreparedData(tmp_path / "full")
+    clip = ds.clips[0]
+    assert clip.n_frames == 20 and ds.clip_valid(clip).tolist() == [
+        i not in (3, 4, 5, 6, 9, 10) and before.clip_valid(before.clips[0])[i] for i in range(20)]
+    np.testing.assert_array_equal(ds.landmarks[11:20], before.landmarks[11:20])  # every later frame in its place
+    assert not ds.clip_lips(clip)[3:7].any()
+    (imgs / "x.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"x.jpg: not a renderer frame \(ori_imgs holds <index>.jpg"):
+        data.prepare_renderer_folder(tmp_path / "May", tmp_path / "ds2")
+
+
 def test_split_is_by_clip_and_checked(tmp_path):
     prepare_grid(tmp_path / "ds", segment_s=0.6)  # 15 frames: 5 clips per video
     ds = data.PreparedData(tmp_path / "ds")
@@ -96,26 +123,72 @@ class _CentredFace:
         pass
 
 
-def _flash_and_click(path: Path, n_frames: int, audio_s: float, flash: int, sr: int = 48000):
-    """A 25 fps video, dark but for a white frame ``flash``, whose audio (``audio_s`` long) clicks 5 ms into it."""
+def _flash_and_click(path: Path, n_frames: int, audio_s: float, flash: int, sr: int = 48000,
+                     audio_start_s: float = 0.0, video_start_s: float = 0.0, drop=()):
+    """A 25 fps video, dark but for a white frame ``flash``, whose audio (``audio_s`` long) clicks 5 ms into it.
+
+    The streams start at ``video_start_s`` and ``audio_start_s`` of the media's clock (their first timestamps,
+    as every player honours them); frames in ``drop`` are left out of the stream (a gap in its timestamps).
+    """
     wav = np.zeros(round(audio_s * sr), np.float32)
-    t0 = round((flash / 25 + 0.005) * sr)
+    t0 = round((video_start_s + flash / 25 + 0.005 - audio_start_s) * sr)
     wav[t0: t0 + sr // 1000] = 0.5  # a 1 ms click
     with av.open(str(path), "w") as out:
         video = out.add_stream("mpeg4", rate=25)
         video.width = video.height = 64
         video.pix_fmt = "yuv420p"
+        video.time_base = Fraction(1, 25)
         sound = out.add_stream("pcm_s16le", rate=sr)
         sound.layout = "mono"
+        sound.time_base = Fraction(1, sr)
         for i in range(n_frames):
+            if i in drop:
+                continue
             img = np.full((64, 64, 3), 255 if i == flash else 30, np.uint8)
-            for packet in video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i + round(video_start_s * 25), Fraction(1, 25)
+            for packet in video.encode(frame):
                 out.mux(packet)
         samples = (wav * 32767).astype(np.int16)[None]
         frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-        frame.sample_rate = sr
+        frame.sample_rate, frame.pts, frame.time_base = sr, round(audio_start_s * sr), Fraction(1, sr)
         for packet in (*sound.encode(frame), *sound.encode(), *video.encode()):
             out.mux(packet)
+
+
+# (audio starts, video starts) on the media's clock: the audio 0.4 s late, 0.4 s early, the video 80 ms late
+STARTS = {"audio_late": (0.4, 0.0), "audio_early": (0.0, 0.4), "video_80ms_late": (0.0, 0.08)}
+
+
+@pytest.mark.parametrize("name", list(STARTS))
+def test_stream_start_times_put_each_click_on_its_flash(tmp_path, name):
+    """Sample 0 is the first video frame's instant, whatever the tracks' own start times (issue 21, H1)."""
+    audio_start, video_start = STARTS[name]
+    lead = audio_start - video_start  # audio that exists only after (> 0) or before (< 0) the first frame
+    path = tmp_path / f"{name}.mkv"
+    _flash_and_click(path, 30, 1.2 - max(lead, 0) + max(-lead, 0), 17, audio_start_s=audio_start,
+                     video_start_s=video_start)
+    data.prepare_videos([path], tmp_path / "ds", detector=_CentredFace(), height=16, width=32, progress=False)
+    ds = data.PreparedData(tmp_path / "ds")
+    clip = ds.clips[0]
+    assert (clip.n_frames, clip.n_samples) == (30, 19200)
+    brightness = ds.clip_lips(clip).reshape(clip.n_frames, -1).mean(1)
+    click = int(np.argmax(np.abs(ds.clip_audio(clip))))
+    assert int(np.argmax(brightness)) == 17 and click // 640 == 17
+    assert abs(click - round((17 / 25 + 0.005) * 16000)) <= 2  # to the sample, up to the resampler's filter
+    wav = audio.load_audio(path)  # what se4lip-extract reads: one row per video frame, row 0 the first
+    assert audio.frame_count(len(wav), 25) == 30
+    if lead > 0:
+        assert not wav[: round(lead * 16000) - 8].any()  # silence until the audio track starts
+
+
+def test_dropped_frames_keep_the_frames_after_them_in_place(tmp_path):
+    """A stream whose frames 3-5 are missing (a gap in its timestamps) holds the last frame there, on time."""
+    _flash_and_click(tmp_path / "gap.mkv", 30, 1.2, 17, drop=(3, 4, 5))
+    frames, _ = lips.read_video(tmp_path / "gap.mkv", 25)
+    brightness = frames.reshape(len(frames), -1).mean(1)
+    assert len(frames) == 30 and int(np.argmax(brightness)) == 17
+    np.testing.assert_array_equal(frames[3:6], frames[[2, 2, 2]])
 
 
 def test_short_and_long_audio_tracks_never_move_other_clips(tmp_path):

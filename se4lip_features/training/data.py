@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from . import lips
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+MAX_MISSING_FRAMES = 3  # missing renderer frames beyond which prepare warns (they stay invalid frames in place)
 
 
 @dataclass
@@ -180,20 +182,50 @@ def prepare_renderer_folder(folder: Path, out: Path, *, fps=25.0, height=48, wid
     folder = Path(folder)
     writer = _Writer(Path(out), lips.IBUG68, height, width, scale, fps)
     wav = audio.load_audio(folder / "aud.wav")
-    images = sorted((folder / "ori_imgs").glob("*.jpg"), key=lambda p: int(p.stem))
+    images = {}
+    for img in (folder / "ori_imgs").glob("*.jpg"):
+        if not img.stem.isdigit():
+            raise ValueError(f"{img}: not a renderer frame (ori_imgs holds <index>.jpg, frame 0 first)")
+        images[int(img.stem)] = img
     if not images:
         raise FileNotFoundError(f"{folder / 'ori_imgs'}: no <index>.jpg frames")
-    frames, landmarks = [], []
-    for img in images:
+    # Frame i is ori_imgs/<i>.jpg at time i / fps: a missing one is an invalid frame in its place, never closed up.
+    n = max(images) + 1
+    missing = sorted(set(range(n)) - set(images))
+    if len(missing) > MAX_MISSING_FRAMES:
+        log.warning("%s: %d of %d frames missing (first: %s); they are kept as frames without a face",
+                    folder / "ori_imgs", len(missing), n, ", ".join(f"{i}.jpg" for i in missing[:5]))
+    frames, landmarks = [None] * n, np.full((n, 68, 2), np.nan, np.float32)
+    for i, img in images.items():
         with av.open(str(img)) as container:
-            frames.append(next(container.decode(video=0)).to_ndarray(format="rgb24"))
-        lms = img.with_suffix(".lms")
-        landmarks.append(np.loadtxt(lms, dtype=np.float32)[:, :2] if lms.exists()
-                         else np.full((68, 2), np.nan, np.float32))
-    writer.add(folder.name, *_clip_arrays(wav, np.stack(frames), np.stack(landmarks), lips.IBUG68,
-                                          height, width, scale, fps),
+            frames[i] = next(container.decode(video=0)).to_ndarray(format="rgb24")
+        landmarks[i] = _read_lms(img.with_suffix(".lms"))
+    blank = np.zeros_like(frames[min(images)])
+    frames = np.stack([blank if f is None else f for f in frames])
+    writer.add(folder.name, *_clip_arrays(wav, frames, landmarks, lips.IBUG68, height, width, scale, fps),
                segment_frames=_segment_frames(segment_s, fps))
     return writer.close()
+
+
+def _read_lms(path: Path) -> np.ndarray:
+    """68 landmarks (x, y) of a renderer frame's ``.lms``; NaN (no face) when it is missing or not 68 points."""
+    if not path.exists():
+        return np.full((68, 2), np.nan, np.float32)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # numpy's "input contained no data": said below
+            points = np.loadtxt(path, dtype=np.float32, ndmin=2)
+    except ValueError as err:
+        log.warning("%s: not a landmark file (%s); the frame counts as without a face", path, err)
+        return np.full((68, 2), np.nan, np.float32)
+    if not points.size:
+        log.warning("%s: is empty; the frame counts as without a face", path)
+        return np.full((68, 2), np.nan, np.float32)
+    if points.shape[0] != 68 or points.shape[1] < 2:
+        log.warning("%s: %d points of %d values, not 68 (x, y); the frame counts as without a face", path,
+                    points.shape[0], points.shape[1] if points.ndim == 2 else 0)
+        return np.full((68, 2), np.nan, np.float32)
+    return points[:, :2]
 
 
 class PreparedData:
