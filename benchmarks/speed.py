@@ -244,9 +244,9 @@ def sync_accuracy(encoders: dict, data_dir: Path, split: Path | None) -> dict:
         clips = data.split(60)[1]
     out = {}
     for precision, enc in encoders.items():
-        results = [evaluate.clip_sync(enc.model, data.clip_audio(c), data.clip_lips(c), data.clip_valid(c), data.fps,
-                                      embed=enc.embed) for c in clips]  # the speech windows through the fast path
-        out[precision] = summary = evaluate.sync_summary(results)
+        # the speech windows through the fast path
+        out[precision] = summary = evaluate.sync_set(enc.model, evaluate.dataset_clips(data, clips), data.fps,
+                                                     embed=enc.embed)["summary"]
         print(f"held-out sync, {len(clips)} clips, {precision}: accuracy {summary['accuracy']:.3f}, exact "
               f"{summary['exact_accuracy']:.3f}, frame-level within 1 {summary['frame_within1']:.3f}, confidence "
               f"{summary['mean_confidence']:.4f}", flush=True)

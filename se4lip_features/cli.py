@@ -447,8 +447,6 @@ def eval_main(argv=None) -> int:
 def _eval_sync(args) -> int:
     import tempfile
 
-    from tqdm import tqdm
-
     from . import atomic, evaluate
     from .training.data import PreparedData, prepare_videos
 
@@ -486,13 +484,11 @@ def _eval_sync(args) -> int:
             if not clips:
                 return _fail("se4lip-eval", f"--ids {args.ids}: none of its {len(wanted)} ids is a clip of "
                                             f"{data.root} ({len(data.clips)} clips)")
-        results = {}
-        for clip in tqdm(clips, desc="sync", unit="clip"):
-            results[clip.id] = evaluate.clip_sync(model, data.clip_audio(clip), data.clip_lips(clip),
-                                                  data.clip_valid(clip), data.fps, embed=extractor.embed)
+        sync = evaluate.sync_set(model, evaluate.dataset_clips(data, clips), data.fps, embed=extractor.embed,
+                                 progress=sys.stderr.isatty())
+    results = sync["clips"]
     report = {"weights": extractor.name, "weights_sha256": extractor.sha256, "precision": args.precision,
-              "summary": evaluate.sync_summary(
-        list(results.values())), "clips": results}
+              "summary": sync["summary"], "clips": results}
     text = json.dumps(report, indent=1)
     if args.out:
         atomic.write_text(args.out, text + "\n")
@@ -501,8 +497,17 @@ def _eval_sync(args) -> int:
     if args.plot:
         evaluate.plot_sync(results, args.plot)
     s = report["summary"]
+    for clip_id, r in results.items():
+        if r["verdict"] in ("too short", "no lip window"):
+            print(f"{clip_id}: {r['verdict']} ({r['reason']}), left out", file=sys.stderr)
+        elif r["verdict"] == "no sync":
+            print(f"{clip_id}: no sync (the audio matches no shift: silent?)", file=sys.stderr)
+    if not s["n_clips"]:
+        print("no clip could be measured", file=sys.stderr)
+        return 1
     print(f"{s['n_clips']} clips: accuracy {s['accuracy']:.3f} (|offset| <= 1), exact {s['exact_accuracy']:.3f}, "
-          f"mean offset {s['mean_offset']:+.2f} frames", file=sys.stderr)
+          + (f"mean offset {s['mean_offset']:+.2f} frames" if s["mean_offset"] is not None else "no offset")
+          + (f"; {s['n_skipped']} left out" if s["n_skipped"] else ""), file=sys.stderr)
     return 0
 
 

@@ -123,8 +123,8 @@ def push_all(stream, wav, sizes):
     return np.concatenate(out)
 
 
-def renderer_folder(root: Path, missing_lms=(5,)):
-    """A SyncTalk-style data folder: aud.wav, ori_imgs/<i>.jpg and 68-point <i>.lms."""
+def renderer_folder(root: Path, missing_lms=(5,), n_frames=20):
+    """A SyncTalk-style data folder: aud.wav, ori_imgs/<i>.jpg and 68-point <i>.lms of GRID's first n_frames."""
     import av
 
     from se4lip_features.training import lips
@@ -134,7 +134,7 @@ def renderer_folder(root: Path, missing_lms=(5,)):
     (root / "ori_imgs").mkdir(parents=True)
     soundfile.write(root / "aud.wav", wav, audio.SAMPLE_RATE)
     recorded = np.load(GRID / "bbaf2n_mediapipe.npy")
-    for i, frame in enumerate(frames[:20]):
+    for i, frame in enumerate(frames[:n_frames]):
         with av.open(str(root / "ori_imgs" / f"{i}.jpg"), "w", format="image2") as out:
             stream = out.add_stream("mjpeg")
             stream.width, stream.height, stream.pix_fmt = 360, 288, "yuvj420p"

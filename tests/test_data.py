@@ -241,3 +241,22 @@ def test_clips_out_of_order_are_refused(tmp_path):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="clip bbaf3s does not follow the clip before it"):
         data.PreparedData(tmp_path / "ds")
+
+
+def test_clip_ids_are_unique_paths(tmp_path):
+    """Two inputs a/x.mp4 and b/x.mp4 gave one clip id "x" (one result in se4lip-eval sync); issue 21, H4."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        _flash_and_click(tmp_path / folder / "x.mkv", 30, 1.2, 5)
+    videos = [tmp_path / "a" / "x.mkv", tmp_path / "b" / "x.mkv"]
+    data.prepare_videos(videos, tmp_path / "ds", detector=_CentredFace(), height=16, width=32, progress=False)
+    assert [c.id for c in data.PreparedData(tmp_path / "ds").clips] == ["a/x", "b/x"]
+    assert data.clip_ids([tmp_path / "a" / "x.mkv", tmp_path / "a" / "y.mp4"]) == ["x", "y"]
+    with pytest.raises(ValueError, match=r"b/x.mkv: the same file as .*b/x.mkv, given twice"):
+        data.prepare_videos([videos[1], tmp_path / "a" / ".." / "b" / "x.mkv"], tmp_path / "ds2",
+                            detector=_CentredFace(), progress=False)
+    (tmp_path / "a" / "x.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"both would be clip 'x'; rename one"):
+        data.prepare_videos([videos[0], tmp_path / "a" / "x.mp4"], tmp_path / "ds3", detector=_CentredFace(),
+                            progress=False)
+    assert not (tmp_path / "ds2").exists() and not (tmp_path / "ds3").exists()  # refused before any work

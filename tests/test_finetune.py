@@ -28,13 +28,15 @@ def test_finetune_a_video_holds_out_its_end_and_keeps_the_best(tmp_path, tiny_we
 
     out = tmp_path / "me.safetensors"
     work = tmp_path / "work"
-    report = finetune(GRID / "bbaf2n.mp4", out, FinetuneConfig(steps=3, **TINY), init=str(tiny_weights),
-                      work=work, detector=ReplayDetector(), progress=False)
+    cfg = FinetuneConfig(steps=3, **{**TINY, "segment_s": 0.8}, holdout=0.5)
+    report = finetune(GRID / "bbaf2n.mp4", out, cfg, init=str(tiny_weights), work=work, detector=ReplayDetector(),
+                      progress=False)
     data = PreparedData(work / "data")
-    assert [c.id for c in data.clips] == ["bbaf2n@0", "bbaf2n@15", "bbaf2n@30", "bbaf2n@45", "bbaf2n@60"]
-    train_clips, held = tail_split(data, 0.3)  # 75 frames: the last 30% starts at frame 52.5
-    assert [c.id for c in held] == ["bbaf2n@60"] and len(train_clips) == 4
-    assert report["split"]["held_out_segments"] == 1 and report["split"]["train_segments"] == 4
+    assert [c.id for c in data.clips] == ["bbaf2n@0", "bbaf2n@20", "bbaf2n@40", "bbaf2n@60"]
+    train_clips, held = tail_split(data, 0.5)  # 75 frames: the last half starts at frame 37.5
+    assert [c.id for c in held] == ["bbaf2n@40", "bbaf2n@60"] and len(train_clips) == 2
+    # the last segment (15 frames) is too short for a sync verdict: left out of every validation, not a failure
+    assert report["split"]["held_out_segments"] == 1 and report["split"]["held_out_unscorable"] == 1
     assert json.loads(report_path(out).read_text()) == report
     assert report["steps"]["planned"] == 3 and report["validation"]["step"][0] == 1
     # patience 1: stops at the first evaluation that does not beat the best so far
@@ -54,21 +56,22 @@ def test_finetune_command_on_a_renderer_folder(tmp_path, tiny_weights, capsys, m
     from se4lip_features.training import finetune
 
     folder = tmp_path / "May"
-    renderer_folder(folder, missing_lms=())  # 20 frames
+    renderer_folder(folder, missing_lms=(), n_frames=75)
     out = tmp_path / "may.safetensors"
-    argv = [str(folder), "-o", str(out), "--init", str(tiny_weights), "--steps", "2", "--segment", "0.2",
-            "--eval-every", "1", "--no-bf16"]
-    assert cli.finetune_main(argv) == 1  # the default 8-window lip span does not fit 5-frame segments
+    argv = [str(folder), "-o", str(out), "--init", str(tiny_weights), "--steps", "2", "--segment", "0.8",
+            "--holdout", "0.5", "--eval-every", "1", "--no-bf16"]
+    big = functools.partial(finetune.FinetuneConfig, lip_span=20)  # lip windows that no 20-frame segment holds
+    monkeypatch.setattr(finetune, "FinetuneConfig", big)
+    assert cli.finetune_main(argv) == 1
     assert capsys.readouterr().err.startswith("se4lip-finetune: no clip has a run")
     assert not out.exists()
-    small = functools.partial(finetune.FinetuneConfig, lip_span=1, speech_margin=2, clips_per_batch=2)
-    monkeypatch.setattr(finetune, "FinetuneConfig", small)
+    monkeypatch.undo()
     assert cli.finetune_main(argv) == 0
     printed = capsys.readouterr().out
-    assert "held out 1 segments (0 s, last 30% of the timeline, 0.2 s segments)" in printed
+    assert "held out 1 segments (1 s, last 50% of the timeline, 0.8 s segments)" in printed
     assert "sync accuracy (|offset| <= 1)" in printed and "frame-level within 1" in printed
     report = json.loads(finetune.report_path(out).read_text())
-    assert report["split"]["train_segments"] == 3 and report["before"]["n_clips"] == 1
+    assert report["split"]["train_segments"] == 2 and report["before"]["n_clips"] == 1
     assert cli.finetune_main(argv) == 1 and "exists (use --force" in capsys.readouterr().err
 
 

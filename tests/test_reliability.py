@@ -569,3 +569,35 @@ def test_resume_refuses_other_data_and_a_finished_schedule(grid_dataset, tmp_pat
     err = capfd.readouterr().err.strip()
     assert err.startswith(f"se4lip-train: {run}/split.json: the run held out other clips than these datasets do")
     assert files(run) == before
+
+
+@needs_av
+def test_eval_sync_reports_a_short_clip_and_keeps_the_good_one(tmp_path, tiny_weights, capfd):
+    """A 0.04 s clip beside a good one ended in a traceback, the good clip's result lost (issue 21, M5, H3)."""
+    pytest.importorskip("mediapipe")
+    import av
+
+    from se4lip_features.training import lips
+
+    frames, _ = lips.read_video(GRID / f"{CLIPS[0]}.mp4")
+    wav, sr = soundfile.read(SPEECH, dtype="int16")
+    short = tmp_path / "short.mkv"
+    with av.open(str(short), "w") as out:  # one frame and 40 ms of speech
+        video = out.add_stream("mpeg4", rate=25)
+        video.width, video.height, video.pix_fmt = 360, 288, "yuv420p"
+        sound = out.add_stream("pcm_s16le", rate=sr)
+        sound.layout = "mono"
+        for packet in video.encode(av.VideoFrame.from_ndarray(frames[20], format="rgb24")):
+            out.mux(packet)
+        frame = av.AudioFrame.from_ndarray(wav[None, : sr // 25], format="s16", layout="mono")
+        frame.sample_rate = sr
+        for packet in (*sound.encode(frame), *sound.encode(), *video.encode()):
+            out.mux(packet)
+    out_json = tmp_path / "s.json"
+    assert eval_main(["sync", str(GRID / f"{CLIPS[0]}.mp4"), str(short), "--weights", str(tiny_weights),
+                      "-o", str(out_json)]) == 0
+    err = capfd.readouterr().err
+    assert "short: too short (1 frames: a search of +-4 frames needs 20 or more), left out" in err
+    report = json.loads(out_json.read_text())
+    assert report["clips"][CLIPS[0]]["verdict"] == "measured" and report["clips"]["short"]["verdict"] == "too short"
+    assert (report["summary"]["n_clips"], report["summary"]["n_skipped"]) == (1, 1)

@@ -137,31 +137,72 @@ def test_distributed_two_processes(dataset, tmp_path):
     assert model.config == TINY_MODEL
 
 
+class FrameIdentity(torch.nn.Module):
+    """Embeddings that are one-hot codes of the frame index: they can only match at the true shift."""
+
+    config = ModelConfig(embed_dim=64)
+
+    def __init__(self, shift, silent=False):
+        super().__init__()
+        self.shift, self.silent, self.p = shift, silent, torch.nn.Parameter(torch.zeros(1))
+
+    def encode_lips(self, lips):  # the window's centre frame (channel 6 = its red) holds its index
+        return torch.nn.functional.one_hot(lips[:, 6, 0, 0].mul(255).round().long(), 64).float()
+
+    def encode_speech(self, spec):  # fake_windows below writes the centre's frame index into the spec
+        if self.silent:  # every speech window alike, as of silent audio
+            return torch.nn.functional.one_hot(torch.zeros(len(spec), dtype=torch.long), 64).float()
+        return torch.nn.functional.one_hot((spec[:, 12, 0].round().long() + self.shift) % 64, 64).float()
+
+
+def fake_windows(wav, centres, n_stft):
+    out = torch.zeros(len(centres), n_stft, 257)
+    out[:, 12, 0] = torch.div(centres, 640, rounding_mode="floor").float().clamp(min=0)
+    return out
+
+
+def numbered_lips(n):
+    lips = np.zeros((n, 48, 96, 3), np.uint8)
+    lips[:, 0, 0, 0] = np.arange(n)
+    return lips
+
+
+def test_sync_verdicts_short_silent_and_faceless_clips(monkeypatch):
+    """A 9-frame clip was searched over +-1 frames only, so any audio (silence too) scored 'in sync' (issue 21, H3)."""
+    monkeypatch.setattr(evaluate.audio, "speech_windows", fake_windows)
+    clips = [("short", FrameIdentity(3), 19), ("silent", FrameIdentity(0, silent=True), 40),
+             ("faceless", FrameIdentity(0), 40), ("good", FrameIdentity(0), 40), ("off", FrameIdentity(3), 40)]
+    results = {}
+    for name, model, n in clips:
+        valid = np.zeros(n, bool) if name == "faceless" else np.ones(n, bool)
+        results[name] = evaluate.clip_sync(model, np.zeros(n * 640, np.float32), numbered_lips(n), valid, 25.0)
+    assert results["short"] == {"verdict": "too short", "reason": "19 frames: a search of +-4 frames needs 20 or more"}
+    assert results["silent"]["verdict"] == "no sync" and results["silent"]["offset"] is None
+    assert results["silent"]["confidence"] == 0.0
+    assert results["faceless"] == {"verdict": "no lip window", "reason": "no 5 consecutive frames with a face"}
+    assert (results["good"]["verdict"], results["good"]["offset"], results["off"]["offset"]) == ("measured", 0, -3)
+    summary = evaluate.sync_summary(list(results.values()))
+    assert (summary["n_clips"], summary["n_skipped"]) == (3, 2)  # silent, good, off are judged
+    assert summary["accuracy"] == pytest.approx(1 / 3) and summary["mean_offset"] == -1.5
+    assert summary["mean_confidence"] == pytest.approx((results["good"]["confidence"] + results["off"]["confidence"]) / 3)
+    assert evaluate.sync_summary([results["short"]])["accuracy"] is None
+
+
+def test_sync_set_needs_unique_ids(monkeypatch):
+    monkeypatch.setattr(evaluate.audio, "speech_windows", fake_windows)
+    clip = (np.zeros(40 * 640, np.float32), numbered_lips(40), np.ones(40, bool))
+    out = evaluate.sync_set(FrameIdentity(0), [("a/x", *clip), ("b/x", *clip)], 25.0)
+    assert list(out["clips"]) == ["a/x", "b/x"] and out["summary"]["n_clips"] == 2
+    with pytest.raises(ValueError, match="clip id 'a/x' given twice"):
+        evaluate.sync_set(FrameIdentity(0), [("a/x", *clip), ("a/x", *clip)], 25.0)
+
+
 def test_clip_sync_finds_a_known_shift(monkeypatch):
     """Embeddings that are one-hot codes of the frame index can only match at the true shift."""
 
-    class FrameIdentity(torch.nn.Module):
-        config = ModelConfig(embed_dim=64)
-
-        def __init__(self, shift):
-            super().__init__()
-            self.shift, self.p = shift, torch.nn.Parameter(torch.zeros(1))
-
-        def encode_lips(self, lips):  # the window's centre frame (channel 6 = its red) holds its index
-            return torch.nn.functional.one_hot(lips[:, 6, 0, 0].mul(255).round().long(), 64).float()
-
-        def encode_speech(self, spec):  # fake_windows below writes the centre's frame index into the spec
-            return torch.nn.functional.one_hot((spec[:, 12, 0].round().long() + self.shift) % 64, 64).float()
-
-    def fake_windows(wav, centres, n_stft):
-        out = torch.zeros(len(centres), n_stft, 257)
-        out[:, 12, 0] = torch.div(centres, 640, rounding_mode="floor").float().clamp(min=0)
-        return out
-
     monkeypatch.setattr(evaluate.audio, "speech_windows", fake_windows)
     n = 25
-    lips = np.zeros((n, 48, 96, 3), np.uint8)
-    lips[:, 0, 0, 0] = np.arange(n)
+    lips = numbered_lips(n)
     for shift in (0, 3, -2):
         r = evaluate.clip_sync(FrameIdentity(shift), np.zeros(n * 640, np.float32), lips, np.ones(n, bool), 25.0)
         assert r["offset"] == -shift and r["confidence"] > 0 and r["n_windows"] == n - 4

@@ -59,11 +59,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 def sync_accuracy(extractor, data, clips) -> dict:
     """SyncNet-style offsets of the held-out clips with the weights' own lip encoder."""
-    model = extractor.model
-    results = {c.id: evaluate.clip_sync(model, data.clip_audio(c), data.clip_lips(c), data.clip_valid(c), data.fps,
-                                        embed=extractor.embed) for c in clips}
-    return {"summary": evaluate.sync_summary(list(results.values())),
-            "offsets": {k: r["offset"] for k, r in results.items()}}
+    sync = evaluate.sync_set(extractor.model, evaluate.dataset_clips(data, clips), data.fps, embed=extractor.embed)
+    return {"summary": sync["summary"], "offsets": {k: r.get("offset") for k, r in sync["clips"].items()}}
 
 
 def design(extractor) -> dict:

@@ -41,7 +41,7 @@ def level_noise(extractor, data, clips, gains_db=GAINS_DB, snrs_db=SNRS_DB, sync
     rng = np.random.default_rng(seed)
     conditions = [("gain", g) for g in gains_db] + [("snr", s) for s in snrs_db]
     per_clip = {f"{kind} {db:g} dB": [] for kind, db in conditions}
-    sync = {"nominal": [], f"gain {sync_gain_db:g} dB": []} if sync_gain_db is not None else {}
+    sync = {"nominal": {}, f"gain {sync_gain_db:g} dB": {}} if sync_gain_db is not None else {}
     for clip in tqdm(clips, desc="robustness", unit="clip", disable=not progress):
         wav = data.clip_audio(clip)
         nominal = extractor.extract(wav, audio.SAMPLE_RATE, data.fps, layout)
@@ -51,12 +51,12 @@ def level_noise(extractor, data, clips, gains_db=GAINS_DB, snrs_db=SNRS_DB, sync
                                                                 nominal).mean()))
         if sync_gain_db is not None:
             for name, x in (("nominal", wav), (f"gain {sync_gain_db:g} dB", wav * np.float32(10 ** (sync_gain_db / 20)))):
-                sync[name].append(evaluate.clip_sync(extractor.model, x, data.clip_lips(clip), data.clip_valid(clip),
-                                                     data.fps, embed=extractor.embed))
+                sync[name][clip.id] = (x, data.clip_lips(clip), data.clip_valid(clip))
     return {
         "conditions": {name: {"kind": kind, "db": db, "mean_cosine": float(np.mean(per_clip[name])),
                               "min_cosine": float(np.min(per_clip[name])), "per_clip": per_clip[name]}
                        for (kind, db), name in zip(conditions, per_clip)},
-        "sync": {name: evaluate.sync_summary(results) for name, results in sync.items()},
+        "sync": {name: evaluate.sync_set(extractor.model, ((k, *v) for k, v in items.items()), data.fps,
+                                         embed=extractor.embed)["summary"] for name, items in sync.items()},
         "n_clips": len(clips), "layout": layout, "seed": seed,
     }

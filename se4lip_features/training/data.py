@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,24 @@ class _Writer:
         return self.meta
 
 
+def clip_ids(videos: list[Path]) -> list[str]:
+    """Each video's clip id: its name without the suffix, or where two videos share a name, its path relative to
+    the videos' common folder ("a/x", "b/x"). The same file twice, or two ids alike, is a ValueError naming them."""
+    real = [Path(os.path.realpath(v)) for v in videos]
+    for i, r in enumerate(real):
+        if r in real[:i]:
+            raise ValueError(f"{videos[i]}: the same file as {videos[real.index(r)]}, given twice")
+    given = [Path(os.path.abspath(v)) for v in videos]  # the names as given (a symlinked folder keeps its own)
+    root = Path(os.path.commonpath([g.parent for g in given])) if given else Path()
+    stems = [g.stem for g in given]
+    ids = [g.relative_to(root).with_suffix("").as_posix() if stems.count(g.stem) > 1 else g.stem for g in given]
+    for i, clip_id in enumerate(ids):
+        if clip_id in ids[:i]:
+            raise ValueError(f"{videos[i]} and {videos[ids.index(clip_id)]}: both would be clip {clip_id!r}; "
+                             "rename one")
+    return ids
+
+
 def prepare_videos(videos, out: Path, *, fps=25.0, height=48, width=96, scale=1.2, segment_s=10.0,
                    detector=None, progress=True) -> dict:
     """Prepare talking-head videos (any container and rate) with facial landmarks.
@@ -142,11 +161,12 @@ def prepare_videos(videos, out: Path, *, fps=25.0, height=48, width=96, scale=1.
     from tqdm import tqdm
 
     scheme = detector.scheme if detector else lips.FaceMeshDetector.scheme
+    videos = [Path(v) for v in videos]
+    ids = clip_ids(videos)  # checked before any work
     writer = _Writer(Path(out), scheme, height, width, scale, fps)
     skipped = []  # one line per unusable video: reported once it is known whether any video was usable
     try:
-        for path in tqdm(list(videos), desc="prepare", unit="video", disable=not progress):
-            path = Path(path)
+        for path, clip_id in tqdm(list(zip(videos, ids)), desc="prepare", unit="video", disable=not progress):
             try:  # a video without audio, without frames or undecodable is skipped, not the whole run
                 wav = audio.load_audio(path)
                 frames, _ = lips.read_video(path, fps)
@@ -158,7 +178,7 @@ def prepare_videos(videos, out: Path, *, fps=25.0, height=48, width=96, scale=1.
             if np.isnan(landmarks).all():
                 skipped.append(f"{path}: no face found in any frame, skipped")
                 continue
-            writer.add(path.stem, *_clip_arrays(wav, frames, landmarks, detector.scheme, height, width, scale, fps),
+            writer.add(clip_id, *_clip_arrays(wav, frames, landmarks, detector.scheme, height, width, scale, fps),
                        segment_frames=_segment_frames(segment_s, fps))
     finally:
         if detector is not None:

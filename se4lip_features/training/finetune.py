@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import atomic, weights
+from .. import atomic, evaluate, weights
 from .data import PreparedData, prepare_renderer_folder, prepare_videos
 from .train import TrainConfig, train, validate
 
@@ -92,9 +92,10 @@ def prepare(source: Path, out: Path, model_cfg, segment_s: float, detector=None,
     return out
 
 
-def _has_window(valid, frames: int) -> bool:
-    """Whether a clip has ``frames`` consecutive valid frames: a lip window clip_sync can score."""
-    return len(valid) >= frames and bool((np.convolve(valid.astype(int), np.ones(frames, int), "valid") == frames).any())
+def _scorable(valid, frames: int) -> bool:
+    """Whether clip_sync gives a clip a verdict: long enough for its least search, with a ``frames``-frame lip window."""
+    return (len(valid) >= 5 * evaluate.MIN_SHIFT
+            and bool((np.convolve(valid.astype(int), np.ones(frames, int), "valid") == frames).any()))
 
 
 def _score(summary: dict) -> tuple[float, float]:
@@ -134,9 +135,10 @@ def finetune(source, out, cfg: FinetuneConfig | None = None, *, init: str | None
         train_s = sum(c.n_frames for c in train_clips) / data.fps
         steps = cfg.steps or steps_for(train_s)
         half = start.config.window_frames // 2
-        val_items = [(data, c) for c in held if _has_window(data.clip_valid(c), 2 * half + 1)]
+        val_items = [(data, c) for c in held if _scorable(data.clip_valid(c), 2 * half + 1)]
         if not val_items:
-            raise ValueError(f"{source}: no held-out segment has a {2 * half + 1}-frame run of frames with a face")
+            raise ValueError(f"{source}: no held-out segment of {5 * evaluate.MIN_SHIFT} frames or more has a "
+                             f"{2 * half + 1}-frame run of frames with a face")
         before = validate(start, val_items)
         log.info("before: held-out sync accuracy %.3f, confidence %.3f", before["accuracy"],
                  before["mean_confidence"])
@@ -154,7 +156,7 @@ def finetune(source, out, cfg: FinetuneConfig | None = None, *, init: str | None
                              val_every=cfg.eval_every, ckpt_every_s=1e9, seed=cfg.seed)  # one checkpoint, at the end
         t1 = time.perf_counter()
         history = train(data_dir, folder / "run", recipe, init=info["path"], device=device, progress=progress,
-                        splits=[(train_clips, held)], on_validation=on_validation)
+                        splits=[(train_clips, [c for _, c in val_items])], on_validation=on_validation)
         fit_s = time.perf_counter() - t1
         model = start
         if best["state"] is not None:

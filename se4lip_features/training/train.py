@@ -188,10 +188,19 @@ def validate(model, items: list[tuple[PreparedData, Clip]]) -> dict:
     """Held-out sync figures (:func:`evaluate.sync_summary`) of ``model`` on the given clips; leaves its mode as it was."""
     was_training = model.training
     model.eval()
-    summary = evaluate.sync_summary([evaluate.clip_sync(model, d.clip_audio(c), d.clip_lips(c), d.clip_valid(c), d.fps)
-                                     for d, c in items])
+    summary = evaluate.sync_summary([r for d, clips in _by_dataset(items)
+                                     for r in evaluate.sync_set(model, evaluate.dataset_clips(d, clips),
+                                                                d.fps)["clips"].values()])
     model.train(was_training)
     return summary
+
+
+def _by_dataset(items: list[tuple[PreparedData, Clip]]) -> list[tuple[PreparedData, list[Clip]]]:
+    """(dataset, its clips) in the order of ``items`` (clip ids are unique within a dataset only)."""
+    groups: dict[int, tuple[PreparedData, list[Clip]]] = {}
+    for d, c in items:
+        groups.setdefault(id(d), (d, []))[1].append(c)
+    return list(groups.values())
 
 
 def _lr(step: int, cfg: TrainConfig) -> float:
