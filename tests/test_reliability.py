@@ -278,9 +278,15 @@ def test_force_replaces_a_dataset_it_wrote(tmp_path, capfd):
     assert data.is_prepared(out)  # empty: nothing to lose
     data.prepare_videos([GRID / f"{c}.mp4" for c in CLIPS], out, detector=ReplayDetector(), progress=False)
     assert data.is_prepared(out)
+    (out / "runs" / "mine").mkdir(parents=True)  # the user's own files inside the dataset folder (issue 21, H7)
+    (out / "runs" / "mine" / "final.safetensors").write_text("weights")
+    (out / "NOTES.md").write_text("notes")
     data.prepare_videos([GRID / f"{c}.mp4" for c in CLIPS], out, detector=ReplayDetector(), progress=False,
                         segment_s=1.0)
     assert len(data.PreparedData(out).clips) == 6
+    assert (out / "NOTES.md").read_text() == "notes" and (out / "runs" / "mine" / "final.safetensors").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["NOTES.md", "audio.npy", "landmarks.npy", "lips.npy",
+                                                     "meta.json", "runs", "valid.npy"]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="is not a dataset written by se4lip-prepare"):

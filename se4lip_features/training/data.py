@@ -124,10 +124,21 @@ class _Writer:
     def close(self) -> dict:
         if not self.meta["clips"]:
             raise ValueError("no usable clip: nothing to write")
-        with atomic.replacing(self.out, folder=True) as (tmp,):
-            for key, parts in self.parts.items():
-                np.save(tmp / f"{key}.npy", np.concatenate(parts))
-            (tmp / "meta.json").write_text(json.dumps(self.meta, indent=1))
+        # The dataset's own files, replaced as one set (meta.json, the marker, last); anything else in the folder
+        # (notes, runs) is not ours and stays.
+        created = not self.out.exists()
+        self.out.mkdir(parents=True, exist_ok=True)
+        targets = [self.out / f"{key}.npy" for key in self.parts] + [self.out / "meta.json"]
+        try:
+            with atomic.replacing(*targets) as temps:
+                for tmp, parts in zip(temps, self.parts.values()):
+                    with open(tmp, "wb") as f:
+                        np.save(f, np.concatenate(parts))
+                temps[-1].write_text(json.dumps(self.meta, indent=1))
+        except BaseException:
+            if created:
+                self.out.rmdir()
+            raise
         return self.meta
 
 
