@@ -150,6 +150,15 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+def _fps(text: str) -> float:
+    from .frames import MAX_FPS
+
+    value = float(text)
+    if not 0 < value <= MAX_FPS:
+        raise argparse.ArgumentTypeError(f"must be positive and at most {MAX_FPS:g}, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < math.inf:
@@ -176,7 +185,7 @@ def extract_parser() -> argparse.ArgumentParser:
                         help="a released name, a .safetensors file or hf://owner/repo/file.safetensors[@revision] "
                              f"(default: the bundled {weights.DEFAULT_NAME})")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
-    parser.add_argument("--fps", type=_positive_float, default=25.0,
+    parser.add_argument("--fps", type=_fps, default=25.0,
                         help="video frame rate; one feature row per frame (default: %(default)g)")
     parser.add_argument("--layout", choices=list(frames.LAYOUTS), default="ds",
                         help="ds: [N, 16, 512] like DeepSpeech (default); hubert: [N, 2, 512]; ave: [N, 1, 512]")
@@ -287,7 +296,7 @@ def prepare_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", type=Path,
                         help="videos, folders of videos, or renderer data folders (aud.wav + ori_imgs/*.jpg/.lms)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output dataset folder")
-    parser.add_argument("--fps", type=_positive_float, default=25.0, help="video rate the frames are resampled to")
+    parser.add_argument("--fps", type=_fps, default=25.0, help="video rate the frames are resampled to")
     parser.add_argument("--crop", type=_positive_int, nargs=2, default=(48, 96), metavar=("H", "W"),
                         help="lip crop size")
     parser.add_argument("--crop-scale", type=_positive_float, default=1.2,

@@ -13,14 +13,15 @@ from . import audio
 # ds like DeepSpeech's [N, 16, 29], hubert like HuBERT's [N, 2, 1024], ave like SyncTalk's [N, 1, 512].
 LAYOUTS = {"ds": 16, "hubert": 2, "ave": 1}
 DEFAULT_BATCH = 256  # speech windows per encoder call
+MAX_FPS = 240.0  # video frame rates beyond any camera's: 1e5 fps would make a 9.8 GB file of 3 s of audio
 
 
 def check_options(fps: float, layout: str, batch_size: int = 1) -> None:
-    """Refuse an unknown layout, a non-positive or infinite fps, or a batch size below 1 (ValueError)."""
+    """Refuse an unknown layout, an fps outside (0, MAX_FPS], or a batch size below 1 (ValueError)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    if not 0 < fps < math.inf:
-        raise ValueError(f"fps must be positive and finite, got {fps}")
+    if not 0 < fps <= MAX_FPS:
+        raise ValueError(f"fps must be positive and at most {MAX_FPS:g}, got {fps}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 

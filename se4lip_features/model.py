@@ -12,6 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import audio
+from .frames import MAX_FPS
+
+MIN_FPS = 1.0  # a video rate below this is not a talking head (fps 1e-3 made extraction hang)
+MAX_WINDOW_FRAMES = 25  # lip frames per window: 1 s at 25 fps
 
 FRONT_ENDS = ("stft", "mel")
 SPEECH_ENCODERS = ("gru", "cnn")
@@ -52,8 +56,11 @@ class ModelConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.window_frames < 1 or self.window_frames % 2 == 0:
             raise ValueError(f"window_frames must be odd and positive (frames centred on one), got {self.window_frames}")
-        if not (0 < self.fps < math.inf and 0 < self.lip_crop_scale < math.inf):
-            raise ValueError(f"fps and lip_crop_scale must be positive and finite, got {self.fps}, {self.lip_crop_scale}")
+        if not (MIN_FPS <= self.fps <= MAX_FPS and 0 < self.lip_crop_scale < math.inf):
+            raise ValueError(f"fps must be within {MIN_FPS:g}-{MAX_FPS:g} and lip_crop_scale positive and finite, "
+                             f"got {self.fps}, {self.lip_crop_scale}")
+        if self.window_frames > MAX_WINDOW_FRAMES:
+            raise ValueError(f"window_frames must be at most {MAX_WINDOW_FRAMES}, got {self.window_frames}")
         if self.front_end not in FRONT_ENDS:
             raise ValueError(f"front_end must be one of {FRONT_ENDS}, got {self.front_end!r}")
         if self.speech_encoder not in SPEECH_ENCODERS:

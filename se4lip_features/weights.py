@@ -118,7 +118,9 @@ def save(model: SE4Lip, path: str | Path, *, fp16: bool = True, metadata: dict |
     bad = non_finite(state)
     if bad:
         raise ValueError(f"{path}: not written: tensor {bad} holds NaN or infinite values")
-    meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), "tensors_sha256": tensors_sha256(state)}
+    config = json.dumps(model.config.to_dict())
+    meta = {"format": FORMAT, "config": config, "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
+            "tensors_sha256": tensors_sha256(state)}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     path = Path(path)
     with atomic.replacing(path) as (tmp,):
@@ -173,6 +175,10 @@ def load(name_or_path: str | Path | None = None, device: str | torch.device = "c
     # Files written before the checksum was added have none; their layout was still checked above.
     if "tensors_sha256" in meta and tensors_sha256(state) != meta["tensors_sha256"]:
         raise WeightsError(f"{path}: tensor data does not match the checksum in its metadata; the file is corrupted")
+    # Files written before config_sha256 was added have none (the released ones are covered by their SHA-256).
+    if "config_sha256" in meta and hashlib.sha256(meta.get("config", "").encode()).hexdigest() != meta["config_sha256"]:
+        raise WeightsError(f"{path}: the model config in its metadata does not match its checksum; the file was "
+                           "edited or is corrupted")
     bad = non_finite(state)
     if bad:
         raise WeightsError(f"{path}: tensor {bad} holds NaN or infinite values; these weights cannot be used")
@@ -182,6 +188,12 @@ def load(name_or_path: str | Path | None = None, device: str | torch.device = "c
     except (KeyError, TypeError, ValueError) as err:  # json.JSONDecodeError is a ValueError
         raise WeightsError(f"{path}: unusable model config in its metadata ({err!r})") from err
     model = SE4Lip(cfg)
+    own = model.state_dict()
+    wrong = next((k for k in sorted(state) if k in own and state[k].is_floating_point() != own[k].is_floating_point()),
+                 None)
+    if wrong is not None:
+        raise WeightsError(f"{path}: tensor {wrong} is {state[wrong].dtype}, the model's is {own[wrong].dtype}; these "
+                           "weights cannot be used")
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as err:

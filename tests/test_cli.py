@@ -240,8 +240,9 @@ def test_a_file_named_twice_is_extracted_once(cli, tmp_path, speech):
 
 
 @pytest.mark.parametrize("argv, problem", [
-    (["--fps", "0"], "argument --fps: must be positive and finite, got 0"),
-    (["--fps", "inf"], "argument --fps: must be positive and finite, got inf"),
+    (["--fps", "0"], "argument --fps: must be positive and at most 240, got 0"),
+    (["--fps", "inf"], "argument --fps: must be positive and at most 240, got inf"),
+    (["--fps", "1e5"], "argument --fps: must be positive and at most 240, got 1e5"),
     (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
     (["--layout", "wav2vec"], "argument --layout: invalid choice: 'wav2vec'"),
 ])

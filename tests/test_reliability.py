@@ -165,7 +165,9 @@ CASES = {  # name: (main, argv, setup, exit status, the line on stderr; * matche
         "video), skipped")),
     "prepare --fps 0": (
         prepare_main, ["{tmp}", "-o", "{tmp}/data", "--fps", "0"], None, 2,
-        "se4lip-prepare: error: argument --fps: must be positive and finite, got 0"),
+        "se4lip-prepare: error: argument --fps: must be positive and at most 240, got 0"),
+    "prepare --fps 1e300": (prepare_main, ["{tmp}", "-o", "{tmp}/data", "--fps", "1e300"], None, 2,
+                            "se4lip-prepare: error: argument --fps: must be positive and at most 240, got 1e300"),
     # se4lip-train
     "train --steps -3": (train_main, ["{data}", "-o", "{tmp}/run", "--steps", "-3"], None, 2,
                          "se4lip-train: error: --steps must be at least 1, got -3"),

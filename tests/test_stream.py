@@ -85,7 +85,7 @@ def test_bad_chunks_and_options_are_refused(extractor):
         stream.push(np.zeros((2, 2, 2)))
     with pytest.raises(ValueError, match="unknown layout 'x'"):
         StreamingExtractor(extractor, layout="x")
-    with pytest.raises(ValueError, match="fps must be positive and finite"):
+    with pytest.raises(ValueError, match="fps must be positive and at most 240"):
         StreamingExtractor(extractor, fps=0)
     with pytest.raises(ValueError, match="sample rate 4000 Hz is outside 8000-96000 Hz"):
         StreamingExtractor(extractor, sr=4000)

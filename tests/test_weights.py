@@ -151,15 +151,35 @@ def test_other_safetensors_files_are_refused(tmp_path, tiny_weights):
     with pytest.raises(WeightsError, match=r"plain\.safetensors: not SE4Lip weights \(metadata format None"):
         weights.load(tmp_path / "plain.safetensors")
 
-    narrow = dict(meta, config=json.dumps(dict(json.loads(meta["config"]), gru_hidden=8)))
+    # an edited config (issue 21, M10: its fps changed the features, exit 0) no longer matches its checksum
+    edited = dict(meta, config=json.dumps(dict(json.loads(meta["config"]), fps=30.0)))
+    save_file(state, str(tmp_path / "edited.safetensors"), metadata=edited)
+    with pytest.raises(WeightsError, match=r"edited\.safetensors: the model config in its metadata does not match "
+                                           r"its checksum; the file was edited or is corrupted"):
+        weights.load(tmp_path / "edited.safetensors")
+
+    older = {k: v for k, v in meta.items() if k != "config_sha256"}  # files written before the config checksum
+    narrow = dict(older, config=json.dumps(dict(json.loads(meta["config"]), gru_hidden=8)))
     save_file(state, str(tmp_path / "mismatch.safetensors"), metadata=narrow)
     with pytest.raises(WeightsError, match=r"mismatch\.safetensors: tensors do not match the config in its metadata"):
         weights.load(tmp_path / "mismatch.safetensors")
 
-    other_hop = dict(meta, config=json.dumps(dict(json.loads(meta["config"]), hop_length=160)))
+    other_hop = dict(older, config=json.dumps(dict(json.loads(meta["config"]), hop_length=160)))
     save_file(state, str(tmp_path / "hop.safetensors"), metadata=other_hop)
     with pytest.raises(WeightsError, match=r"hop\.safetensors: unusable model config .*front end"):
         weights.load(tmp_path / "hop.safetensors")
+
+    for fps in (1e-3, 1e5):  # 1e-3 made extraction hang
+        slow = dict(older, config=json.dumps(dict(json.loads(meta["config"]), fps=fps)))
+        save_file(state, str(tmp_path / "fps.safetensors"), metadata=slow)
+        with pytest.raises(WeightsError, match=r"fps\.safetensors: unusable model config .*fps must be within 1-240"):
+            weights.load(tmp_path / "fps.safetensors")
+
+    ints = {k: v.to(torch.int32) if v.is_floating_point() else v for k, v in state.items()}  # gave all-zero features
+    save_file(ints, str(tmp_path / "int.safetensors"), metadata=dict(meta, tensors_sha256=weights.tensors_sha256(ints)))
+    with pytest.raises(WeightsError, match=r"int\.safetensors: tensor \S+ is torch.int32, the model's is "
+                                           r"torch.float32; these weights cannot be used"):
+        weights.load(tmp_path / "int.safetensors")
 
 
 def test_files_without_a_tensor_checksum_still_load(tmp_path, tiny_weights):
