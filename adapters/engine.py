@@ -23,6 +23,7 @@ MARK = "# se4lip-patch"
 # The package se4lip-patch writes at the top of a checkout: this package's runtime modules (all but ``patch``)
 # and ``sidecar.py``, the same files as installed, so the checkout runs where se4lip_features is not importable.
 RUNTIME = "se4lip_adapters"
+MANIFEST = "MANIFEST.json"  # in RUNTIME: the SHA-256 of each file se4lip-patch wrote there
 
 # Items of an edit's patched block: an anchor line kept as it is, a new line, or an anchor line rewritten.
 Keep = int  # index into the anchor
@@ -237,15 +238,53 @@ def status(renderer: Renderer, root: Path) -> list[tuple[Edit, str]]:
     return out
 
 
-def runtime_changes(root: Path, files: dict[str, bytes], revert: bool) -> list[FileChange]:
-    """Write ``files`` (name -> bytes) into ``<root>/se4lip_adapters/``, or remove every file there on revert.
+def manifest(files: dict[str, bytes]) -> bytes:
+    """``MANIFEST.json`` of the runtime folder: each file's SHA-256, so that a revert removes only those."""
+    import hashlib
+    import json
 
-    On revert the whole folder goes, byte-compiled files included: nothing in it is the renderer's.
+    return (json.dumps({name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}, indent=1)
+            + "\n").encode()
+
+
+def runtime_changes(root: Path, files: dict[str, bytes], revert: bool) -> list[FileChange]:
+    """Write ``files`` (name -> bytes, ``MANIFEST`` among them) into ``<root>/se4lip_adapters/``, or on revert
+    remove the files the manifest there lists with the bytes it records, and their byte code.
+
+    Anything else in the folder (a file of the user's, one edited since) stays, and so does the folder then;
+    a symlinked folder is refused, never followed.
     """
+    import hashlib
+    import json
+
     folder = root / RUNTIME
+    if folder.is_symlink():
+        raise PatchError(f"{folder}: is a symbolic link; se4lip-patch writes and removes only a folder of its own "
+                         "there (remove the link yourself)")
     if revert:
-        found = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-        return [FileChange(p, p.read_bytes(), None) for p in found]
+        if not folder.is_dir():
+            return []
+        try:
+            recorded = json.loads((folder / MANIFEST).read_text())
+        except FileNotFoundError:  # written before the manifest: this version's names are the adapters' own
+            recorded = {name: None for name in files}
+        except (ValueError, OSError) as err:
+            raise PatchError(f"{folder / MANIFEST}: unreadable ({err}); remove {folder} yourself") from None
+        changes = []
+        for name, sha in sorted(recorded.items()):
+            path = folder / name
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                if sha is None or hashlib.sha256(data).hexdigest() == sha:
+                    changes.append(FileChange(path, data, None))
+        stems = {Path(name).stem for name in recorded}
+        cache = folder / "__pycache__"
+        compiled = sorted(p for p in cache.glob("*.pyc") if p.name.split(".")[0] in stems) if cache.is_dir() else []
+        changes += [FileChange(p, p.read_bytes(), None) for p in compiled if not p.is_symlink()]
+        manifest_file = folder / MANIFEST
+        if manifest_file.is_file() and all(c.path != manifest_file for c in changes):
+            changes.append(FileChange(manifest_file, manifest_file.read_bytes(), None))
+        return changes
     changes = []
     for name, new in files.items():
         path = folder / name

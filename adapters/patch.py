@@ -17,11 +17,13 @@ from se4lip_features.cli import tool
 
 from . import ernerf, gaussiantalker, instag, radnerf, synctalk, talkinggaussian
 from .engine import (
+    MANIFEST,
     RUNTIME,
     PatchError,
     Renderer,
     checkout_commit,
     diff,
+    manifest,
     plan,
     runtime_changes,
     runtime_state,
@@ -53,6 +55,7 @@ def runtime_files() -> dict[str, bytes]:
                              '"""\n').encode()}
     files.update({f"{name}.py": (here / f"{name}.py").read_bytes() for name in RUNTIME_MODULES})
     files["sidecar.py"] = Path(sidecar.__file__).read_bytes()
+    files[MANIFEST] = manifest(files)
     return files
 
 

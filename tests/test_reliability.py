@@ -609,3 +609,30 @@ def test_eval_sync_reports_a_short_clip_and_keeps_the_good_one(tmp_path, tiny_we
     report = json.loads(out_json.read_text())
     assert report["clips"][CLIPS[0]]["verdict"] == "measured" and report["clips"]["short"]["verdict"] == "too short"
     assert (report["summary"]["n_clips"], report["summary"]["n_skipped"]) == (1, 1)
+
+
+def test_revert_removes_only_the_files_the_patch_wrote(tmp_path, capfd):
+    """--revert deleted every file under se4lip_adapters/, and emptied a symlinked folder's target (issue 21, M12)."""
+    from adapter_helpers import copy_checkout, snapshot
+
+    root = copy_checkout("synctalk", tmp_path / "synctalk")
+    original = snapshot(root)
+    assert patch.main(["synctalk", str(root)]) == 0
+    folder = root / "se4lip_adapters"
+    (folder / "my_notes.txt").write_text("mine")
+    (folder / "nerf.py").write_text((folder / "nerf.py").read_text() + "# my change\n")
+    assert patch.main(["synctalk", str(root), "--revert"]) == 0
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == ["my_notes.txt", "nerf.py"]  # the user's file and the edited one stay; ours (and MANIFEST) go
+    assert {k: v for k, v in snapshot(root).items() if not k.startswith("se4lip_adapters/")} == original
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "common.py").write_text("someone else's")
+    shutil.rmtree(folder)
+    folder.symlink_to(elsewhere, target_is_directory=True)
+    capfd.readouterr()
+    for argv in (["synctalk", str(root)], ["synctalk", str(root), "--revert"]):
+        assert patch.main(argv) == 1
+        assert "se4lip_adapters: is a symbolic link" in capfd.readouterr().err
+    assert (elsewhere / "common.py").read_text() == "someone else's"
