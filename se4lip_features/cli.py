@@ -55,6 +55,41 @@ def _raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
+class _Stdout:
+    """sys.stdout while a tool runs: a reader that went away (``| head -1``) or a full disk (``> /dev/full``)
+    ends the printing, never the work; nothing is reported for it (the files written are the results)."""
+
+    def __init__(self, stream):
+        self.stream, self.lost = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.lost:
+            try:
+                return self.stream.write(text)
+            except OSError:  # BrokenPipeError, ENOSPC
+                self._lose()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self.stream.flush()
+            except OSError:
+                self._lose()
+
+    def _lose(self) -> None:
+        self.lost = True
+        try:  # so that the interpreter's own flush at exit finds somewhere to write
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
@@ -74,6 +109,7 @@ def tool(prog: str, training_env: bool = False):
             if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
                 previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS
                             if signal.getsignal(sig) is not signal.SIG_IGN}
+            stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
             try:
                 return main(argv)
             except KeyboardInterrupt as err:
@@ -81,6 +117,8 @@ def tool(prog: str, training_env: bool = False):
                 _error(prog, f"stopped by {signal.Signals(signum).name}; no partial output was kept")
                 return 128 + signum
             finally:
+                sys.stdout.flush()
+                sys.stdout = stdout
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
         return run

@@ -636,3 +636,35 @@ def test_revert_removes_only_the_files_the_patch_wrote(tmp_path, capfd):
         assert patch.main(argv) == 1
         assert "se4lip_adapters: is a symbolic link" in capfd.readouterr().err
     assert (elsewhere / "common.py").read_text() == "someone else's"
+
+
+class _ClosedPipe:
+    """A stdout whose reader went away: every write raises BrokenPipeError, as under ``| head -1``."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self):
+        raise ValueError("no file")
+
+
+def test_a_closed_stdout_ends_the_printing_not_the_work(tmp_path, tiny_weights, monkeypatch, capfd):
+    """`se4lip-extract a b | head -1`: a BrokenPipeError traceback, half the batch not extracted (issue 21, M4)."""
+    sources = [write_wav(tmp_path / f"{name}.wav", 1.0) for name in ("a", "b", "c")]
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert extract_main([*map(str, sources), "--weights", str(tiny_weights)]) == 0
+    assert all((tmp_path / f"{name}_se4lip.npy").is_file() for name in ("a", "b", "c"))
+    assert capfd.readouterr().err == ""
+
+
+def test_a_full_stdout_in_a_real_process(tmp_path, tiny_weights):
+    source = write_wav(tmp_path / "a.wav", 1.0)
+    with open("/dev/full", "w") as full:
+        code = "import sys; from se4lip_features.cli import extract_main; sys.exit(extract_main())"
+        done = subprocess.run([sys.executable, "-c", code, str(source), "--weights", str(tiny_weights)], stdout=full,
+                              stderr=subprocess.PIPE, text=True, check=False, cwd=tmp_path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert (tmp_path / "a_se4lip.npy").is_file()
