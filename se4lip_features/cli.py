@@ -682,6 +682,9 @@ def finetune_main(argv=None) -> int:
     prog = parser.prog
     if args.out.suffix != ".safetensors":
         return _fail(prog, f"-o {args.out}: name a .safetensors file")
+    if args.out.stem in weights.REGISTRY:  # a file named like a release must be that release to load
+        return _fail(prog, f"-o {args.out}: {args.out.stem} is a released name, which only its own file may carry; "
+                           "name your fine-tuned weights otherwise")
     for target in (args.out, report_path(args.out)):
         if target.exists() and not args.force:
             return _fail(prog, f"{target}: exists (use --force to replace it)")

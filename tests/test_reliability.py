@@ -21,7 +21,7 @@ from conftest import CLIPS, GRID, SPEECH, ReplayDetector, needs_av, tiny_model
 from se4lip_features.adapters import patch
 
 from se4lip_features import atomic, extract, weights
-from se4lip_features.cli import eval_main, extract_main, prepare_main, train_main
+from se4lip_features.cli import eval_main, extract_main, finetune_main, prepare_main, train_main
 
 TINY_RECIPE = ["--clips-per-batch", "2", "--lip-span", "4", "--speech-margin", "3", "--val-clips", "2",
                "--val-every", "2", "--warmup-steps", "1", "--no-bf16"]
@@ -201,6 +201,10 @@ CASES = {  # name: (main, argv, setup, exit status, the line on stderr; * matche
         train_main, ["{data}", "-o", "{tmp}/run", "--resume", *TINY_FLAGS], _setup_crafted_ckpt, 1,
         ("se4lip-train: {tmp}/run/ckpt.pt: not a se4lip-train checkpoint: it holds objects other than tensors and "
          "plain values, and loading those could run code, so nothing in it was loaded (*)")),
+    "finetune -o a released name": (
+        finetune_main, ["{speech}", "-o", "{tmp}/se4lip-grid-s1-melcnn-v1.safetensors"], None, 1,
+        ("se4lip-finetune: -o {tmp}/se4lip-grid-s1-melcnn-v1.safetensors: se4lip-grid-s1-melcnn-v1 is a released "
+         "name, which only its own file may carry; name your fine-tuned weights otherwise")),
     # se4lip-eval
     "eval lmd on a .pt that is not a checkpoint": (
         eval_main, ["lmd", "{data}", "{tmp}/list.pt", "-o", "{tmp}/probe"], _setup_not_a_ckpt, 1,
