@@ -3,11 +3,53 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class Busy(FileExistsError):
+    """Another process of this user holds the lock of an output."""
+
+
+@contextlib.contextmanager
+def exclusive(target: Path, wait: bool = False) -> Iterator[None]:
+    """Hold this user's exclusive lock on the output ``target`` (a file set or a folder) for the ``with`` block.
+
+    Two se4lip tools writing one output never interleave: with ``wait`` the second waits for the first (then
+    finds its output there, so without --force it refuses to overwrite it); without, it raises :class:`Busy`
+    at once. The lock is an ``flock`` on a file named after the target's absolute path in a per-user folder
+    of the temporary directory, so nothing is left beside the output; it ends with the process, however it
+    ends. Where ``fcntl`` does not exist (Windows), nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    key = hashlib.sha256(os.path.abspath(target).encode()).hexdigest()[:32]
+    folder = Path(tempfile.gettempdir()) / f"se4lip-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise Busy(f"{target}: another se4lip tool is writing it now; wait for it to finish or choose "
+                           "another output") from None
+            log.info("%s: another se4lip tool is writing it; waiting for it to finish", target)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def temp_beside(target: Path, folder: bool = False, made: list[Path] | None = None) -> Path:

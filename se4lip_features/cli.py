@@ -125,6 +125,18 @@ def tool(prog: str, training_env: bool = False):
     return wrap
 
 
+def _holding(prog: str, target: Path, run, *args) -> int:
+    """``run(*args)`` holding the exclusive lock on the output ``target``: a second tool writing it fails in one
+    line at once (it would otherwise replace or mix with the first one's output)."""
+    from . import atomic
+
+    try:
+        with atomic.exclusive(target):
+            return run(*args)
+    except atomic.Busy as err:
+        return _fail(prog, err)
+
+
 def _usage(prog: str, message: object) -> int:
     """Report a bad argument as one line on stderr; returns the usage exit status 2."""
     _error(prog, f"error: {message}")
@@ -350,6 +362,10 @@ def prepare_parser() -> argparse.ArgumentParser:
 def prepare_main(argv=None) -> int:
     parser = prepare_parser()
     args = parser.parse_args(argv)
+    return _holding(parser.prog, args.out, _prepare, parser, args)
+
+
+def _prepare(parser, args) -> int:
     _setup_logging()
     from .training import data
 
@@ -427,11 +443,16 @@ def _add_field_flag(group, field, choices=None) -> None:
 
 @tool("se4lip-train", training_env=True)
 def train_main(argv=None) -> int:
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    out = args.out or args.data[0].with_name(args.data[0].name + "-se4lip-run")
+    return _holding(parser.prog, out, _train, parser, args, out)
+
+
+def _train(parser, args, out: Path) -> int:
     from .model import ModelConfig
     from .training.train import TrainConfig, train
 
-    parser = train_parser()
-    args = parser.parse_args(argv)
     _setup_logging()
     values = vars(args)
     try:
@@ -439,7 +460,6 @@ def train_main(argv=None) -> int:
         model_cfg = ModelConfig(**{name: values[name] for name in MODEL_FLAGS})
     except ValueError as err:
         return _usage(parser.prog, f"--{str(err).replace('_', '-')}")
-    out = args.out or args.data[0].with_name(args.data[0].name + "-se4lip-run")
     if (out / "ckpt.pt").exists() and not args.resume:
         return _fail(parser.prog, f"{out}: holds a checkpoint; pass --resume to continue it or -o for a new run")
     if not args.resume and out.is_dir() and any(out.iterdir()):  # a finished run, or not a run at all
@@ -675,10 +695,14 @@ def finetune_parser() -> argparse.ArgumentParser:
 
 @tool("se4lip-finetune", training_env=True)
 def finetune_main(argv=None) -> int:
-    from .training.finetune import FinetuneConfig, finetune, report_path
-
     parser = finetune_parser()
     args = parser.parse_args(argv)
+    return _holding(parser.prog, args.out, _finetune, parser, args)
+
+
+def _finetune(parser, args) -> int:
+    from .training.finetune import FinetuneConfig, finetune, report_path
+
     prog = parser.prog
     if args.out.suffix != ".safetensors":
         return _fail(prog, f"-o {args.out}: name a .safetensors file")

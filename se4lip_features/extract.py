@@ -225,18 +225,22 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
     refuse_existing(out_path, force)
     extractor = extractor or load(weights, device)
     check_options(fps, layout, batch_size)
-    source = audio.AudioFile(audio_path)  # opens and checks the file now; problems in its data show while reading
+    # A second writer of this output waits, then finds the first one's pair: refused without --force, never mixed.
+    with atomic.exclusive(out_path, wait=True):
+        refuse_existing(out_path, force)
+        source = audio.AudioFile(audio_path)  # opens and checks the file; problems in its data show while reading
 
-    def check(n_frames: int) -> None:
-        if n_frames < 1:
-            raise audio.AudioError(too_short_message(str(audio_path), source.n_samples, fps))
-        source.warn_if_unreliable()
+        def check(n_frames: int) -> None:
+            if n_frames < 1:
+                raise audio.AudioError(too_short_message(str(audio_path), source.n_samples, fps))
+            source.warn_if_unreliable()
 
-    try:
-        rows = extractor.extract_blocks(source, fps, layout, batch_size, progress, total_s=source.duration_s)
-        return write_features(out_path, rows, extractor, fps=fps, layout=layout, audio_path=audio_path, check=check)
-    finally:
-        source.close()
+        try:
+            rows = extractor.extract_blocks(source, fps, layout, batch_size, progress, total_s=source.duration_s)
+            return write_features(out_path, rows, extractor, fps=fps, layout=layout, audio_path=audio_path,
+                                  check=check)
+        finally:
+            source.close()
 
 
 def refuse_existing(out_path: Path, force: bool) -> None:

@@ -672,3 +672,38 @@ def test_a_full_stdout_in_a_real_process(tmp_path, tiny_weights):
                               stderr=subprocess.PIPE, text=True, check=False, cwd=tmp_path)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert (tmp_path / "a_se4lip.npy").is_file()
+
+
+def test_two_extractions_into_one_output_never_both_succeed(tmp_path, tiny_weights):
+    """`se4lip-extract a/x.wav -o out & se4lip-extract b/x.wav -o out`: both said they succeeded, the folder held
+    one of them (issue 21, H8). The second now waits for the first, then refuses to overwrite its pair."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write_wav(tmp_path / folder / "x.wav", 30.0, gain=0.5 if folder == "b" else 1.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    procs = [_extract(tmp_path / folder / "x.wav", "-o", out, "--weights", tiny_weights) for folder in ("a", "b")]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert sorted(p.returncode for p in procs) == [0, 1], results
+    loser = results[[p.returncode for p in procs].index(1)][1]
+    assert loser.strip().endswith(f"{out / 'x_se4lip.npy'}: exists (use --force to overwrite)"), loser
+    winner = "ab"[[p.returncode for p in procs].index(0)]
+    meta = json.loads((out / "x_se4lip.json").read_text())
+    assert meta["audio_sha256"] == weights.sha256_file(tmp_path / winner / "x.wav")
+
+
+@pytest.mark.parametrize("tool", ["prepare", "train", "finetune"])
+def test_a_second_writer_of_a_folder_fails_at_once(tmp_path, tool, grid_dataset, tiny_weights, capfd):
+    """Two se4lip-prepare (or train, finetune) into one -o both exited 0, the first one's output replaced or mixed
+    (a held-out leak for training: split.json of one run, weights of the other)."""
+    from se4lip_features import atomic
+
+    out = tmp_path / ("out.safetensors" if tool == "finetune" else "out")
+    argv = {"prepare": (prepare_main, [str(GRID), "-o", str(out)]),
+            "train": (train_main, [str(grid_dataset), "-o", str(out), *TINY_FLAGS]),
+            "finetune": (finetune_main, [str(SPEECH), "-o", str(out), "--init", str(tiny_weights)])}[tool]
+    with atomic.exclusive(out):  # the first writer, still at work
+        assert argv[0](argv[1]) == 1
+    assert capfd.readouterr().err.strip() == (f"se4lip-{tool}: {out}: another se4lip tool is writing it now; wait "
+                                              "for it to finish or choose another output")
+    assert not out.exists()
