@@ -28,7 +28,7 @@ MEL_FMIN, MEL_FMAX = 55.0, 7600.0  # Hz
 
 assert WIN_LENGTH <= N_FFT and N_FFT % HOP_LENGTH == 0, "STFT constants are inconsistent"
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg"})  # .mpg: GRID's own
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".m4a"})
 # Decoded by FFmpeg (PyAV) rather than libsndfile: containers libsndfile cannot open, and mp3, whose
 # libsndfile decoder (mpg123) writes warnings straight to the process's stderr on a damaged file.
@@ -71,6 +71,8 @@ class AudioFile:
             raise AudioError(f"{path}: no such file")
         if path.is_dir():
             raise AudioError(f"{path}: is a directory, not an audio file")
+        if not path.is_file():  # a FIFO, /dev/zero: no length to check, no end to reach
+            raise AudioError(f"{path}: not a regular file")
         if path.stat().st_size == 0:
             raise AudioError(f"{path}: file is empty")
         if path.suffix.lower() in _FFMPEG_FIRST:

@@ -193,6 +193,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def _nonnegative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -515,15 +522,15 @@ def _eval_sync(args) -> int:
     import tempfile
 
     from . import atomic, evaluate
-    from .training.data import PreparedData, prepare_videos
+    from .training.data import PreparedData, prepare_videos, read_ids
 
     # Every argument is checked before any work, so results are never computed and then lost.
     wanted = None
     if args.ids is not None:
         try:
-            wanted = _read_ids(args.ids)
+            wanted = read_ids(args.ids)
         except (OSError, ValueError) as err:
-            return _fail("se4lip-eval", err)
+            return _fail("se4lip-eval", f"--ids {err}")
     if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
         return _fail("se4lip-eval", f"-o {args.out}: " + ("is a folder; name the JSON file to write"
                                                            if args.out.is_dir() else "its folder does not exist"))
@@ -548,6 +555,10 @@ def _eval_sync(args) -> int:
         clips = data.clips
         if wanted is not None:
             clips = [c for c in clips if c.id in wanted]
+            unknown = sorted(wanted - {c.id for c in clips})
+            if clips and unknown:
+                return _fail("se4lip-eval", f"--ids {args.ids}: {len(unknown)} of its {len(wanted)} ids are not clips "
+                                            f"of {data.root} (e.g. {unknown[0]}); give only the dataset's clips")
             if not clips:
                 return _fail("se4lip-eval", f"--ids {args.ids}: none of its {len(wanted)} ids is a clip of "
                                             f"{data.root} ({len(data.clips)} clips)")
@@ -576,26 +587,6 @@ def _eval_sync(args) -> int:
           + (f"mean offset {s['mean_offset']:+.2f} frames" if s["mean_offset"] is not None else "no offset")
           + (f"; {s['n_skipped']} left out" if s["n_skipped"] else ""), file=sys.stderr)
     return 0
-
-
-def _read_ids(path: Path) -> set[str]:
-    """Clip ids from a JSON file {'val': [ids]} (a run's split.json) or a text file of one id a line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--ids {path}: no such file")
-    text = path.read_text()
-    if not text.lstrip().startswith("{"):
-        ids = set(text.split())
-    else:
-        try:
-            ids = json.loads(text).get("val")
-        except ValueError as err:
-            raise ValueError(f"--ids {path}: not valid JSON ({err})") from err
-        if not isinstance(ids, list):
-            raise ValueError(f"--ids {path}: a JSON file needs a 'val' list of clip ids (as in a run's split.json)")
-        ids = set(map(str, ids))
-    if not ids:
-        raise ValueError(f"--ids {path}: holds no clip ids")
-    return ids
 
 
 def lmd_parser() -> argparse.ArgumentParser:
@@ -644,7 +635,7 @@ def _eval_lmd(args) -> int:
         return _fail(prog, err)
     cfg = probe.ProbeConfig(steps=args.steps)
     targets = probe.Targets.from_data(data, cfg.ref_eye_px)
-    banks = (probe.FeatureBank.build(label, ex, data, progress=True) for label, ex in specs)
+    banks = (probe.FeatureBank.build(label, ex, data, progress=sys.stderr.isatty()) for label, ex in specs)
     result = probe.probe_all(banks, targets, train, held, args.seeds, cfg)
     result["split"]["rule"] = (f"the 'val' ids of {args.split}" if args.split else
                                f"PreparedData.split({args.val_clips}, seed={args.split_seed})")
@@ -675,7 +666,7 @@ def finetune_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT.safetensors", help="weights to write")
     parser.add_argument("--init", help=f"starting weights: name, .safetensors or hf:// (default: {weights.DEFAULT_NAME})")
     parser.add_argument("--steps", type=_positive_int, help="training steps (default: from the video's length)")
-    parser.add_argument("--holdout", type=float, default=d.holdout,
+    parser.add_argument("--holdout", type=_fraction, default=d.holdout,
                         help="share of the video held out, at its end (default: %(default)s)")
     parser.add_argument("--segment", type=_positive_float, default=d.segment_s,
                         help="seconds per segment, the units of the split and of sync (default: %(default)s)")
@@ -722,7 +713,8 @@ def _finetune(parser, args) -> int:
         return _fail(prog, err)
     _setup_logging()
     try:
-        report = finetune(args.input, args.out, cfg, init=args.init, work=args.work, device=args.device)
+        report = finetune(args.input, args.out, cfg, init=args.init, work=args.work, device=args.device,
+                          progress=sys.stderr.isatty())
     except (OSError, ValueError, ImportError, weights.WeightsError) as err:
         return _fail(prog, err)
     rows = [("sync accuracy (|offset| <= 1)", "accuracy"), ("exact (offset = 0)", "exact_accuracy"),

@@ -219,7 +219,20 @@ CASES = {  # name: (main, argv, setup, exit status, the line on stderr; * matche
         "se4lip-eval: --ids {tmp}/none.json: no such file"),
     "eval sync --ids without val": (
         eval_main, ["sync", "{data}", "--weights", ARG, "--ids", "{tmp}/ids.json"], _setup_ids('{"train": []}'), 1,
-        "se4lip-eval: --ids {tmp}/ids.json: a JSON file needs a 'val' list of clip ids (as in a run's split.json)"),
+        ("se4lip-eval: --ids {tmp}/ids.json: a JSON file needs a 'val' list of clip ids (as in a run's split.json), "
+         "or to be a list")),
+    "eval sync --ids not JSON": (
+        eval_main, ["sync", "{data}", "--weights", ARG, "--ids", "{tmp}/ids.json"], _setup_ids('{"val": [x'), 1,
+        "se4lip-eval: --ids {tmp}/ids.json: not valid JSON (*)"),
+    "eval sync --ids partly matching": (
+        eval_main, ["sync", "{data}", "--weights", ARG, "--ids", "{tmp}/ids.json"],
+        _setup_ids('["bbaf2n@0", "bbaf2n@99"]'), 1,
+        ("se4lip-eval: --ids {tmp}/ids.json: 1 of its 2 ids are not clips of {data} (e.g. bbaf2n@99); give only "
+         "the dataset's clips")),
+    "finetune --holdout 1.5": (finetune_main, ["{speech}", "-o", "{tmp}/me.safetensors", "--holdout", "1.5"], None, 2,
+                               "se4lip-finetune: error: argument --holdout: must be between 0 and 1, got 1.5"),
+    "extract a FIFO": (extract_main, ["{tmp}/fifo", "-o", "{tmp}/f.npy"], lambda tmp: os.mkfifo(tmp / "fifo"), 1,
+                       "se4lip-extract: {tmp}/fifo: not a regular file"),
     "eval sync --ids matching no clip": (
         eval_main, ["sync", "{data}", "--weights", ARG, "--ids", "{tmp}/ids.json"], _setup_ids('{"val": ["x"]}'),
         1, "se4lip-eval: --ids {tmp}/ids.json: none of its 1 ids is a clip of {data} (6 clips)"),

@@ -304,7 +304,9 @@ def split_clips(data, n_val: int = 60, seed: int = 0, split_file: str | Path | N
     """Train / held-out clips by utterance: ``data.split(n_val, seed)``, or the ``val`` ids of a split.json."""
     if split_file is None:
         return data.split(n_val, seed)
-    ids = set(json.loads(Path(split_file).read_text())["val"])
+    from ..training.data import read_ids
+
+    ids = read_ids(split_file)
     unknown = ids - {c.id for c in data.clips}
     if unknown:
         raise ValueError(f"{split_file}: {len(unknown)} held-out ids are not in {data.root}, e.g. {min(unknown)}")

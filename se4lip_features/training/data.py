@@ -142,6 +142,32 @@ class _Writer:
         return self.meta
 
 
+def read_ids(path: Path) -> set[str]:
+    """Clip ids from a file: a run's split.json ({"val": [ids]}), a JSON list, or text of one id a line.
+
+    The one reader of held-out id files (se4lip-eval --ids, the probe's --split); errors name the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    text = path.read_text()
+    if text.lstrip()[:1] in ("{", "["):
+        try:
+            value = json.loads(text)
+        except ValueError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        ids = value.get("val") if isinstance(value, dict) else value
+        if not isinstance(ids, list):
+            raise ValueError(f"{path}: a JSON file needs a 'val' list of clip ids (as in a run's split.json), or "
+                             "to be a list")
+        ids = set(map(str, ids))
+    else:
+        ids = set(text.split())
+    if not ids:
+        raise ValueError(f"{path}: holds no clip ids")
+    return ids
+
+
 def clip_ids(videos: list[Path]) -> list[str]:
     """Each video's clip id: its name without the suffix, or where two videos share a name, its path relative to
     the videos' common folder ("a/x", "b/x"). The same file twice, or two ids alike, is a ValueError naming them."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +60,22 @@ def read_video(path: str | Path, fps: float = 25.0) -> tuple[np.ndarray, float]:
     return np.stack([decoded[i] for i in np.clip(pick, 0, len(decoded) - 1)]), float(duration)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 to /dev/null for the block: what native code (mediapipe's C++) prints there is dropped;
+    errors still reach Python as exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class FaceMeshDetector:
     """mediapipe face mesh (the ``landmarks`` extra), tracking one face through consecutive frames."""
 
@@ -70,16 +89,23 @@ class FaceMeshDetector:
                 "face landmarks need mediapipe: pip install 'se4lip-features[landmarks]' "
                 "(or give a renderer data folder that already has *.lms landmarks)"
             ) from err
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=False, max_num_faces=1, refine_landmarks=False, min_detection_confidence=0.5
-        )
+        with _native_stderr_silenced():  # TFLite's and absl's start-up notes (5 lines on every run)
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=False, max_num_faces=1, refine_landmarks=False, min_detection_confidence=0.5
+            )
+        self._started = False
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """(n, H, W, 3) uint8 RGB -> (n, 468, 2) float32 pixel coordinates; NaN where no face was found."""
         n, h, w, _ = frames.shape
         out = np.full((n, 468, 2), np.nan, dtype=np.float32)
         for i, frame in enumerate(frames):
-            result = self._mesh.process(frame)
+            if not self._started:  # the graph's first run prints the rest of those notes
+                with _native_stderr_silenced():
+                    result = self._mesh.process(frame)
+                self._started = True
+            else:
+                result = self._mesh.process(frame)
             if result.multi_face_landmarks:
                 pts = result.multi_face_landmarks[0].landmark
                 out[i] = [(p.x * w, p.y * h) for p in pts[:468]]
