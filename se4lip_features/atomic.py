@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import logging
 import os
@@ -13,6 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+NAME_MAX = 255  # bytes in a file name on the usual file systems
+
+
+def stale_temporaries(target: Path) -> list[Path]:
+    """The temporaries of ``target`` that a killed writer left (SIGKILL, power loss): call only holding its lock."""
+    stem = target.name[: NAME_MAX - len(".12345678.partial") - 1]
+    return sorted(target.parent.glob(f".{glob.escape(stem)}.????????.partial"))
 
 
 class Busy(FileExistsError):
@@ -60,8 +68,9 @@ def temp_beside(target: Path, folder: bool = False, made: list[Path] | None = No
     created, so a signal arriving at any moment leaves nothing that the caller's clean-up does not know of.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    stem = target.name[: NAME_MAX - len(".12345678.partial") - 1]  # a 243-character name still fits in 255
     while True:
-        path = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+        path = target.with_name(f".{stem}.{secrets.token_hex(4)}.partial")
         if made is not None:
             made.append(path)
         try:
@@ -113,7 +122,9 @@ def replacing(*targets: Path, folder: bool = False) -> Iterator[list[Path]]:
         renaming = True
         for temp, target in zip(temps, targets):
             os.replace(temp, target)
-    except BaseException:
+    except BaseException as err:
+        # name the output, not the hidden temporary an error happened on
+        named = {str(t): target for t, target in zip([*temps, *backups.values()], [*targets, *backups])}
         for temp, target in zip(temps, targets):
             # A target was replaced when its temporary is gone: read from the disk, not counted, so that a signal
             # arriving just after a rename (before any counting) still has it undone.
@@ -124,6 +135,8 @@ def replacing(*targets: Path, folder: bool = False) -> Iterator[list[Path]]:
                 os.replace(backups.pop(target), target)
             elif renamed:
                 remove(target)
+        if isinstance(err, OSError) and err.filename is not None and str(err.filename) in named:
+            raise OSError(err.errno, err.strerror, str(named[str(err.filename)])) from None
         raise
     finally:
         for path in (*temps, *backups.values()):

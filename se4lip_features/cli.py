@@ -332,6 +332,10 @@ def _extract_jobs(inputs: list[Path], output: Path | None, prog: str) -> tuple[l
             target = output
         else:
             target = output / (source.stem + FEATURES_SUFFIX)
+        if target.resolve() == source.resolve():
+            _error(prog, f"{source}: would be overwritten by its own features; choose another -o")
+            failed += 1
+            continue
         if target.resolve() in claimed:
             _error(prog, f"{source}: its output {target} would also be written from {claimed[target.resolve()]}; "
                          "rename one or extract them separately")

@@ -228,6 +228,8 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
     # A second writer of this output waits, then finds the first one's pair: refused without --force, never mixed.
     with atomic.exclusive(out_path, wait=True):
         refuse_existing(out_path, force)
+        for orphan in (*atomic.stale_temporaries(out_path), *atomic.stale_temporaries(sidecar_path(out_path))):
+            orphan.unlink()  # a killed writer's: holding the lock, no other writer of this pair is at work
         source = audio.AudioFile(audio_path)  # opens and checks the file; problems in its data show while reading
 
         def check(n_frames: int) -> None:
@@ -244,9 +246,17 @@ def extract_file(audio_path: str | Path, out_path: str | Path, *, extractor: Ext
 
 
 def refuse_existing(out_path: Path, force: bool) -> None:
-    """FileExistsError unless ``force`` when the feature file or its sidecar exists."""
-    if not force and (out_path.exists() or sidecar_path(out_path).exists()):
-        raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")
+    """FileExistsError unless ``force`` when the feature file or its sidecar exists; with ``force`` too when the
+    sidecar's name holds a file that is not a sidecar (a JSON of the user's)."""
+    side = sidecar_path(out_path)
+    if not force and (out_path.exists() or side.exists()):
+        raise FileExistsError(f"{out_path if out_path.exists() else side}: exists (use --force to overwrite)")
+    if side.exists():
+        try:
+            sidecar.read_sidecar(out_path)
+        except ValueError:
+            raise FileExistsError(f"{side}: exists and is not the sidecar of a feature file, so --force does not "
+                                  f"replace it; move it away or name another output than {out_path.name}") from None
 
 
 def write_features(out_path: Path, rows: Iterable[np.ndarray], extractor: Extractor, *, fps: float, layout: str,

@@ -231,6 +231,17 @@ CASES = {  # name: (main, argv, setup, exit status, the line on stderr; * matche
          "the dataset's clips")),
     "finetune --holdout 1.5": (finetune_main, ["{speech}", "-o", "{tmp}/me.safetensors", "--holdout", "1.5"], None, 2,
                                "se4lip-finetune: error: argument --holdout: must be between 0 and 1, got 1.5"),
+    "extract -o x.npy with only x.json there": (
+        extract_main, ["{speech}", "-o", "{tmp}/x.npy", "--weights", "{w}"], lambda tmp: (tmp / "x.json").write_text("{}"),
+        1, "se4lip-extract: {tmp}/x.json: exists (use --force to overwrite)"),
+    "extract --force onto a JSON of the user's": (
+        extract_main, ["{speech}", "-o", "{tmp}/x.npy", "--weights", "{w}", "--force"],
+        lambda tmp: (tmp / "x.json").write_text("{}"), 1,
+        ("se4lip-extract: {tmp}/x.json: exists and is not the sidecar of a feature file, so --force does not replace "
+         "it; move it away or name another output than x.npy")),
+    "extract an input onto itself": (
+        extract_main, ["{tmp}/in.npy", "-o", "{tmp}/in.npy", "--force"], lambda tmp: (tmp / "in.npy").write_text("x"),
+        1, "se4lip-extract: {tmp}/in.npy: would be overwritten by its own features; choose another -o"),
     "extract a FIFO": (extract_main, ["{tmp}/fifo", "-o", "{tmp}/f.npy"], lambda tmp: os.mkfifo(tmp / "fifo"), 1,
                        "se4lip-extract: {tmp}/fifo: not a regular file"),
     "eval sync --ids matching no clip": (
@@ -720,3 +731,18 @@ def test_a_second_writer_of_a_folder_fails_at_once(tmp_path, tool, grid_dataset,
     assert capfd.readouterr().err.strip() == (f"se4lip-{tool}: {out}: another se4lip tool is writing it now; wait "
                                               "for it to finish or choose another output")
     assert not out.exists()
+
+
+def test_long_names_and_a_killed_writers_temporaries(tmp_path, tiny_weights):
+    """A valid 243-character name was refused (its temporary's name was too long); a SIGKILLed writer's
+    .partial files stayed for ever (issue 21)."""
+    long_name = tmp_path / ("x" * 238 + ".npy")  # 242 characters: its sidecar .json is 243
+    assert extract_main([str(SPEECH), "-o", str(long_name), "--weights", str(tiny_weights)]) == 0
+    assert long_name.is_file() and long_name.with_suffix(".json").is_file()
+    out = tmp_path / "out.npy"
+    orphans = [tmp_path / ".out.npy.0123abcd.partial", tmp_path / ".out.json.89abcdef.partial"]
+    for orphan in orphans:
+        orphan.write_bytes(b"killed")
+    (tmp_path / ".other.npy.0123abcd.partial").write_bytes(b"not ours to remove")
+    assert extract_main([str(SPEECH), "-o", str(out), "--weights", str(tiny_weights)]) == 0
+    assert not any(o.exists() for o in orphans) and (tmp_path / ".other.npy.0123abcd.partial").exists()
