@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -479,10 +480,13 @@ def _train(parser, args, out: Path) -> int:
         return _fail(parser.prog, f"-o {out}: exists and is not a folder")
     if args.resume and not (out / "ckpt.pt").is_file():
         return _fail(parser.prog, f"{out / 'ckpt.pt'}: no checkpoint to resume; start the run without --resume")
+    created = not out.exists()
     try:
         history = train(args.data, out, cfg, model_cfg, init=args.init, resume=args.resume, device=args.device,
                         stop_at=args.stop_at, progress=sys.stderr.isatty())
     except (OSError, ValueError, weights.WeightsError, FloatingPointError) as err:
+        if created and out.is_dir() and set(os.listdir(out)) <= {"split.json"}:  # nothing of the run to keep
+            shutil.rmtree(out)
         return _fail(parser.prog, err)
     done = (out / "final.safetensors").exists() and history["step"][-1] == cfg.steps
     accuracy = f", validation sync accuracy {history['val_acc'][-1]:.3f}" if history["val_acc"] else ""

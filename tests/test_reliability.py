@@ -197,6 +197,9 @@ CASES = {  # name: (main, argv, setup, exit status, the line on stderr; * matche
     "train -o naming a file": (
         train_main, ["{data}", "-o", "{tmp}/plot.png", *TINY_FLAGS], _setup_plot, 1,
         "se4lip-train: -o {tmp}/plot.png: exists and is not a folder"),
+    "train that fails leaves no folder": (  # no clip holds 40-frame lip windows: refused after split.json
+        train_main, ["{data}", "-o", "{tmp}/run", *TINY_FLAGS, "--lip-span", "40"], None, 1,
+        "se4lip-train: no clip has a run of valid, voiced lip windows to train on"),
     "train --resume a checkpoint that runs code": (  # loading it must not run it: files(tmp) shows no PWNED
         train_main, ["{data}", "-o", "{tmp}/run", "--resume", *TINY_FLAGS], _setup_crafted_ckpt, 1,
         ("se4lip-train: {tmp}/run/ckpt.pt: not a se4lip-train checkpoint: it holds objects other than tensors and "
@@ -746,3 +749,17 @@ def test_long_names_and_a_killed_writers_temporaries(tmp_path, tiny_weights):
     (tmp_path / ".other.npy.0123abcd.partial").write_bytes(b"not ours to remove")
     assert extract_main([str(SPEECH), "-o", str(out), "--weights", str(tiny_weights)]) == 0
     assert not any(o.exists() for o in orphans) and (tmp_path / ".other.npy.0123abcd.partial").exists()
+
+
+def test_a_diverged_checkpoint_is_not_resumed_with_a_wrong_hint(grid_dataset, tmp_path, capfd):
+    """A NaN checkpoint got 'lower --lr' after its first step, naming a ckpt.pt that may not exist (issue 21)."""
+    run = tmp_path / "run"
+    assert train_main([str(grid_dataset), "-o", str(run), "--steps", "3", "--stop-at", "1", *TINY_FLAGS]) == 0
+    state = torch.load(run / "ckpt.pt", weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name].fill_(float("nan"))
+    torch.save(state, run / "ckpt.pt")
+    capfd.readouterr()
+    assert train_main([str(grid_dataset), "-o", str(run), "--resume", "--steps", "3", *TINY_FLAGS]) == 1
+    assert capfd.readouterr().err.strip() == (f"se4lip-train: {run}/ckpt.pt: tensor {name} holds NaN or infinite "
+                                              "values; this run cannot be resumed: start a new one (lower --lr)")

@@ -104,6 +104,9 @@ class WindowSampler:
         self.starts = []  # per clip: first frames of lip runs whose windows are all valid and which hold speech
         for data, clip in items:
             valid = data.clip_valid(clip)
+            if cfg.lip_span > len(valid):  # np.convolve would swap its operands: no run fits in the clip
+                self.starts.append(np.zeros(0, np.int64))
+                continue
             ok = np.convolve(valid.astype(int), np.ones(2 * half + 1, int), mode="same") == 2 * half + 1
             ok[:half] = ok[len(ok) - half:] = False  # lip windows need their full 5 frames
             run = np.convolve(ok.astype(int), np.ones(cfg.lip_span, int), mode="valid") == cfg.lip_span
@@ -334,14 +337,14 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
                                         cfg.temperature, twin)
         loss = bce + cfg.nce_weight * nce + cfg.consistency * consistency
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {step + 1}: the loss is {loss.item()}; training stopped (the last "
-                                     f"checkpoint, if any, is {ckpt_path}); lower --lr or raise --temperature")
+            raise FloatingPointError(f"step {step + 1}: the loss is {loss.item()}; training stopped "
+                                     f"({_last_checkpoint(ckpt_path)}); lower --lr or raise --temperature")
         opt.zero_grad(set_to_none=True)
         loss.backward()  # DistributedDataParallel averages the gradients across processes here
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         if not torch.isfinite(grad_norm):
             raise FloatingPointError(f"step {step + 1}: the gradient norm is {grad_norm.item()}; training stopped "
-                                     f"(the last checkpoint, if any, is {ckpt_path}); lower --lr")
+                                     f"({_last_checkpoint(ckpt_path)}); lower --lr")
         opt.step()
         step += 1
         history["step"].append(step)
@@ -385,6 +388,10 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
     return history
 
 
+def _last_checkpoint(path: Path) -> str:
+    return f"the last checkpoint is {path}" if path.is_file() else "no checkpoint was written"
+
+
 def _check_same_split(path: Path, val_ids: list[str]) -> None:
     """Refuse to resume a run on other data: its split.json must hold out exactly the clips these datasets do."""
     try:
@@ -425,9 +432,13 @@ def load_checkpoint(path: Path, device) -> dict:
         missing = {"model", "optimizer", "step", "history", "rng", "torch_rng"} - set(state)
         if missing:
             raise KeyError(f"lacks {sorted(missing)}")
+        bad = weights.non_finite(state["model"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{path}: damaged or not a se4lip-train checkpoint ({type(err).__name__}: "
                          f"{' '.join(str(err).split())[:200]}); start a new run") from err
+    if bad:  # a run that diverged before this checkpoint: resuming it would only stop again
+        raise ValueError(f"{path}: tensor {bad} holds NaN or infinite values; this run cannot be resumed: start a "
+                         "new one (lower --lr)")
     return state
 
 
