@@ -167,8 +167,6 @@ def read_features(npy: str | Path) -> tuple[np.ndarray, dict]:
     """
     try:
         feats, meta = sidecar.read_features(npy)
-    except FileNotFoundError:
-        raise
     except ValueError as err:
         raise FeatureError(str(err)) from None
     check_meta(meta, npy)
@@ -292,7 +290,7 @@ def load_features(root: str | Path, aud: str | Path | None, id_key: str) -> np.n
     return cross
 
 
-def describe(state: dict) -> str:
+def describe_audio_net(state: dict) -> str:
     """What features an AudioNet state dict (keys without the module prefix) was trained on, in words."""
     conv = state.get("encoder_conv.0.weight")  # (32, dim, 3): AudioNet
     mlp = state.get("encoder_fc1.0.weight")  # (256, 512) without a conv: SyncTalk's AudioNet_ave
@@ -344,8 +342,8 @@ def guard_audio_net(audio_net, reference: dict, flag: str, features: str | Path)
                     "re-extract it with the training weights (se4lip-extract --weights ... --force)")
         else:
             hint = f"pass the {flag} value it was trained with"
-        raise CheckpointError(f"this checkpoint's audio network was trained on {describe(incoming)}, but this "
-                              f"model is built for {describe(own)}; {hint}")
+        raise CheckpointError(f"this checkpoint's audio network was trained on {describe_audio_net(incoming)}, but this "
+                              f"model is built for {describe_audio_net(own)}; {hint}")
 
     # the private form: torch 1.12, which both renderers pin, has no public register_load_state_dict_pre_hook
     audio_net._register_load_state_dict_pre_hook(check)

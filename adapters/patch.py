@@ -31,8 +31,6 @@ from .engine import (
     write,
 )
 
-SYNCTALK = synctalk.RENDERER
-TALKINGGAUSSIAN = talkinggaussian.RENDERER
 RENDERERS = {module.__name__.rsplit(".", 1)[1]: module.RENDERER
              for module in (synctalk, talkinggaussian, ernerf, radnerf, gaussiantalker, instag)}
 

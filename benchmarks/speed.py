@@ -331,21 +331,18 @@ def main(argv=None) -> int:
 
 def plot(rows: dict, path: Path, threads: int, duration: float) -> None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: no global backend or state
     except ImportError:
         return
     names = list(rows)
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1))
+    fig = Figure(figsize=(7, 0.35 * len(names) + 1))
+    ax = fig.subplots()
     values = [rows[n]["s_per_s"] for n in names]
     ax.barh(names, values, color=["C0" if n.startswith("se4lip") else "C3" for n in names])
     ax.invert_yaxis()
     ax.set(xlabel="seconds of compute per second of audio", title=f"{duration:g} s of speech, {threads} CPU threads")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

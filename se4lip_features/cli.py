@@ -523,7 +523,7 @@ def eval_main(argv=None) -> int:
         return _eval_lmd(lmd_parser().parse_args(argv[1:]))
     args = eval_parser().parse_args(argv)
     _setup_logging()
-    return {"sync": _eval_sync}[args.command](args)
+    return _eval_sync(args)  # sync is the one subcommand this parser has; lmd has its own above
 
 
 def _eval_sync(args) -> int:

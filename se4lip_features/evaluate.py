@@ -161,10 +161,7 @@ def plot_sync(results: dict, folder) -> None:
     """One PNG per clip: mean distance against audio shift, the chosen offset marked."""
     from pathlib import Path
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or state
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,7 +169,8 @@ def plot_sync(results: dict, folder) -> None:
         if "distances" not in r:  # too short, or no lip window: nothing to draw
             continue
         shifts = np.arange(len(r["distances"])) - len(r["distances"]) // 2
-        fig, ax = plt.subplots(figsize=(5, 3))
+        fig = Figure(figsize=(5, 3))
+        ax = fig.subplots()
         ax.plot(shifts, r["distances"], "o-", ms=3)
         if r["offset"] is not None:
             ax.axvline(r["offset"], color="C3", ls="--", label=f"offset {r['offset']:+d}, conf {r['confidence']:.2f}")
@@ -180,4 +178,3 @@ def plot_sync(results: dict, folder) -> None:
         ax.set(xlabel="audio shift (frames)", ylabel="mean distance", title=f"{clip_id} ({r['verdict']})")
         fig.tight_layout()
         atomic.save_figure(fig, folder / f"{clip_id.replace('/', '_')}.png", dpi=90)
-        plt.close(fig)

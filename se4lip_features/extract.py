@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -17,7 +16,6 @@ from . import atomic, audio, sidecar, weights
 from .frames import DEFAULT_BATCH, LAYOUTS, FrameStream, check_options, framed_waveform, too_short_message
 from .sidecar import sha256_file, sidecar_path
 
-log = logging.getLogger(__name__)
 
 # "bf16", the CPU fast path (AMX / AVX-512 BF16; on CPUs without bf16 it changes nothing): the GRU's matmuls
 # round their inputs to bf16 and accumulate in fp32 (state, gates and outputs stay fp32); the CNN runs under

@@ -1,7 +1,7 @@
 """The JSON sidecar of a feature file, and the one reader that checks a feature file against it.
 
-Standard library and numpy only, imported by nothing else of this package at module level: ``se4lip-patch``
-writes this same file into a patched checkout, so a renderer's interpreter reads features without the package.
+Standard library and numpy only (numpy and the version imported where they are used): ``se4lip-patch`` writes this same
+file into a patched checkout, so a renderer's interpreter reads features without the package.
 """
 
 from __future__ import annotations

@@ -33,12 +33,10 @@ from se4lip_features.training.data import PreparedData
 
 def plot(results: dict, path: Path) -> None:
     """Mean cosine to the nominal features against gain (left) and SNR (right), one line per weights."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend or state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [2, 1]}, sharey=True)
+    fig = Figure(figsize=(10, 3.8))
+    (ax1, ax2) = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]}, sharey=True)
     for name, r in results.items():
         for ax, kind in ((ax1, "gain"), (ax2, "snr")):
             conds = sorted((c for c in r["conditions"].values() if c["kind"] == kind), key=lambda c: c["db"])
@@ -55,7 +53,6 @@ def plot(results: dict, path: Path) -> None:
     ax1.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:

@@ -515,10 +515,7 @@ def markdown_table(result: dict) -> str:
 
 def plot(result: dict, path: str | Path) -> None:
     """Bar charts of LMD and mouth-opening r (error bars: seed std, dots: seeds) and one clip's lip gap."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or state
 
     feats = result["features"]
     names = list(feats)
@@ -526,7 +523,8 @@ def plot(result: dict, path: str | Path) -> None:
     lmd_title = f"LMD (px at {result['ref_eye_px']:g} px eye distance) ↓"
     if floor is not None:
         lmd_title += f"\nmean-shape floor {floor:.3f} (not drawn)"
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1, 1, 1.6]})
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.6]})
     for ax, key, label in ((axes[0], "lmd", lmd_title), (axes[1], "gap_r", "mouth-opening correlation r ↑")):
         for i, name in enumerate(names):
             s = feats[name][key]
@@ -552,7 +550,6 @@ def plot(result: dict, path: str | Path) -> None:
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     atomic.save_figure(fig, path)
-    plt.close(fig)
 
 
 def slug(name: str) -> str:

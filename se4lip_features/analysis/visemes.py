@@ -197,13 +197,11 @@ def plot_pair(views: dict, path: str | Path, pair: tuple[str, str] = ("d", "t"),
 
     ``views`` maps a feature type's name to (x (n, D), labels (n,)); each is standardised first.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or state
 
     names = list(views)
-    fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 6.2), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(names), 6.2))
+    axes = fig.subplots(2, len(names), squeeze=False)
     for j, name in enumerate(names):
         x, labels = views[name]
         keep = np.isin(labels, pair)
@@ -226,7 +224,6 @@ def plot_pair(views: dict, path: str | Path, pair: tuple[str, str] = ("d", "t"),
                 ax.legend(fontsize=7)
     fig.tight_layout()
     atomic.save_figure(fig, path)
-    plt.close(fig)
 
 
 def markdown_table(results: dict, view: str = "frame") -> str:

@@ -445,14 +445,12 @@ def load_checkpoint(path: Path, device) -> dict:
 def plot_history(history: dict, path: Path) -> None:
     """Loss (smoothed) and validation sync accuracy against step, as a PNG."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: no global backend or state
     except ImportError:
         log.warning("matplotlib is not installed: no training plot (pip install 'se4lip-features[plots]')")
         return
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig = Figure(figsize=(10, 3.5))
+    (ax1, ax2) = fig.subplots(1, 2)
     loss = np.asarray(history["loss"])
     k = min(50, len(loss))
     ax1.plot(history["step"][k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"))
@@ -463,4 +461,3 @@ def plot_history(history: dict, path: Path) -> None:
     ax2.legend()
     fig.tight_layout()
     atomic.save_figure(fig, path)
-    plt.close(fig)
