@@ -16,7 +16,6 @@ from . import atomic, audio, sidecar, weights
 from .frames import DEFAULT_BATCH, LAYOUTS, FrameStream, check_options, framed_waveform, too_short_message
 from .sidecar import sha256_file, sidecar_path
 
-
 # "bf16", the CPU fast path (AMX / AVX-512 BF16; on CPUs without bf16 it changes nothing): the GRU's matmuls
 # round their inputs to bf16 and accumulate in fp32 (state, gates and outputs stay fp32); the CNN runs under
 # bf16 autocast. The front end is fp32 in both. With torch 1.12 it changes nothing (torch cannot tell whether the
