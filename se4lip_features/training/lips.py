@@ -93,18 +93,13 @@ class FaceMeshDetector:
             self._mesh = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=False, max_num_faces=1, refine_landmarks=False, min_detection_confidence=0.5
             )
-        self._started = False
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """(n, H, W, 3) uint8 RGB -> (n, 468, 2) float32 pixel coordinates; NaN where no face was found."""
         n, h, w, _ = frames.shape
         out = np.full((n, 468, 2), np.nan, dtype=np.float32)
         for i, frame in enumerate(frames):
-            if not self._started:  # the graph's first run prints the rest of those notes
-                with _native_stderr_silenced():
-                    result = self._mesh.process(frame)
-                self._started = True
-            else:
+            with _native_stderr_silenced():  # the rest of those notes come at the first frames (with a face)
                 result = self._mesh.process(frame)
             if result.multi_face_landmarks:
                 pts = result.multi_face_landmarks[0].landmark
