@@ -21,8 +21,9 @@ REGISTRY: dict[str, str] = {
     "se4lip-grid-s1-v1": "83366b7b6079a5b8cd5578e8db5d84507ce182449b1b767bca21ed1b93736268",  # weights/MODEL_CARD.md
     "se4lip-gridlrw-melcnn-v1": "fc80f7354b68c2bfa12e330f6517115e4a1e957fc2215fb499b29d2e5cbaebf2",  # weights/MODEL_CARD.md
 }
-# The paper's Table 6 Mel + CNN design, chosen over its STFT + GRU (se4lip-grid-s1-v1) by the landmark probe.
-DEFAULT_NAME = "se4lip-grid-s1-melcnn-v1"
+# Chosen where users are (issue 20): on speakers, languages and recordings outside the training data (held-out
+# LRW-AR, the in-the-wild clips), not on GRID s1's own probe; until 0.4 the default was se4lip-grid-s1-melcnn-v1.
+DEFAULT_NAME = "se4lip-gridlrw-melcnn-v1"
 
 
 class WeightsError(RuntimeError):

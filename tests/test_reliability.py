@@ -525,10 +525,9 @@ def test_a_nan_loss_stops_training_with_the_step(grid_dataset, tmp_path, capfd, 
     assert train_main([str(grid_dataset), "-o", str(run), "--steps", "4", *TINY_FLAGS,
                        "--front-end", "stft", "--speech-encoder", "gru"]) == 1
     assert capfd.readouterr().err.strip().splitlines()[-1] == (
-        f"se4lip-train: step 2: the loss is nan; training stopped (the last checkpoint, if any, is {run / 'ckpt.pt'}); "
-        "lower --lr or raise --temperature")
-    assert not (run / "final.safetensors").exists()
-    assert not [p for p in run.iterdir() if p.name.endswith(".partial")]
+        "se4lip-train: step 2: the loss is nan; training stopped (no checkpoint was written); lower --lr or raise "
+        "--temperature")
+    assert not run.exists()  # nothing of the run to keep: the folder it made is gone (no temporary either)
 
 
 def test_resume_restores_the_design_stored_in_the_checkpoint(grid_dataset, tmp_path, capfd):

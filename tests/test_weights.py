@@ -256,8 +256,8 @@ SHIPPED = {"se4lip-grid-s1-melcnn-v1": ("mel", "cnn"), "se4lip-grid-s1-v1": ("st
            "se4lip-gridlrw-melcnn-v1": ("mel", "cnn")}
 
 
-def test_the_default_is_the_mel_cnn_release():
-    assert weights.DEFAULT_NAME == "se4lip-grid-s1-melcnn-v1"
+def test_the_default_is_the_release_that_generalises():
+    assert weights.DEFAULT_NAME == "se4lip-gridlrw-melcnn-v1"  # README changelog, 0.4.0
     assert available_models() == sorted(SHIPPED)
 
 
