@@ -508,7 +508,7 @@ def eval_parser() -> argparse.ArgumentParser:
                       help="with a prepared dataset: a JSON file {'val': [ids]} (a run's split.json) or one id a line")
     sync.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     _add_precision_flag(sync)
-    sync.add_argument("-o", "--out", type=Path, help="JSON output (default: stdout)")
+    sync.add_argument("-o", "--out", dest="out_text", help="JSON output (default: stdout)")
     sync.add_argument("--plot", type=Path, help="folder for one distance-vs-shift PNG per clip")
     sub.add_parser("lmd", add_help=False,
                    help="renderer-proxy landmark probe: LMD and mouth-opening r of feature types on held-out clips "
@@ -522,6 +522,7 @@ def eval_main(argv=None) -> int:
     if argv[:1] == ["lmd"]:  # the landmark probe has its own parser: its options are not sync's
         return _eval_lmd(lmd_parser().parse_args(argv[1:]))
     args = eval_parser().parse_args(argv)
+    args.out = Path(args.out_text) if args.out_text else None
     _setup_logging()
     return _eval_sync(args)  # sync is the one subcommand this parser has; lmd has its own above
 
@@ -542,8 +543,16 @@ def _eval_sync(args) -> int:
     if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
         return _fail("se4lip-eval", f"-o {args.out}: " + ("is a folder; name the JSON file to write"
                                                            if args.out.is_dir() else "its folder does not exist"))
+    if args.out is not None and args.out_text.endswith(os.sep):  # Path("new/") drops the slash: a folder was meant
+        return _fail("se4lip-eval", f"-o {args.out_text}: names a folder; name the JSON file to write")
+    if args.out is not None and not os.access(args.out.parent, os.W_OK):
+        return _fail("se4lip-eval", f"-o {args.out}: its folder is not writable")
     if args.plot is not None and args.plot.exists() and not args.plot.is_dir():
         return _fail("se4lip-eval", f"--plot {args.plot}: exists and is not a folder")
+    if args.plot is not None:
+        existing = next(p for p in (args.plot, *args.plot.parents) if p.exists())
+        if not os.access(existing, os.W_OK):
+            return _fail("se4lip-eval", f"--plot {args.plot}: {existing} is not writable")
     try:
         extractor = extract.load(args.weights, args.device, precision=args.precision)
     except (weights.WeightsError, ValueError) as err:

@@ -253,6 +253,15 @@ CASES = {  # name: (main, argv, setup, exit status, the line on stderr; * matche
     "eval sync -o in a missing folder": (
         eval_main, ["sync", "{data}", "--weights", ARG, "-o", "{tmp}/missing/sync.json"], None, 1,
         "se4lip-eval: -o {tmp}/missing/sync.json: its folder does not exist"),
+    "eval sync -o naming a new folder": (
+        eval_main, ["sync", "{data}", "--weights", ARG, "-o", "{tmp}/newdir/"], None, 1,
+        "se4lip-eval: -o {tmp}/newdir/: names a folder; name the JSON file to write"),
+    "eval sync -o in a read-only folder": (
+        eval_main, ["sync", "{data}", "--weights", ARG, "-o", "{tmp}/ro/s.json"], lambda tmp: (tmp / "ro").mkdir(0o555),
+        1, "se4lip-eval: -o {tmp}/ro/s.json: its folder is not writable"),
+    "eval sync --plot in a read-only folder": (
+        eval_main, ["sync", "{data}", "--weights", ARG, "--plot", "{tmp}/ro/plots"], lambda tmp: (tmp / "ro").mkdir(0o555),
+        1, "se4lip-eval: --plot {tmp}/ro/plots: {tmp}/ro is not writable"),
     "eval sync --plot naming a file": (
         eval_main, ["sync", "{data}", "--weights", ARG, "--plot", "{tmp}/plot.png"], _setup_plot, 1,
         "se4lip-eval: --plot {tmp}/plot.png: exists and is not a folder"),
@@ -277,6 +286,8 @@ def test_every_mistake_is_one_line_and_leaves_nothing(name, tmp_path, capfd, tin
         pytest.importorskip("av")
     if name in ("prepare a wav", "eval sync on a wav", "prepare an audio-only mp4"):
         pytest.importorskip("mediapipe")
+    if "read-only" in name and os.geteuid() == 0:
+        pytest.skip("root writes into folders without write permission (a read-only mount stops it too)")
     if setup:
         setup(tmp_path)
     before = files(tmp_path)
