@@ -160,9 +160,10 @@ def tools_env_problem() -> str | None:
             f"{torch.__version__}); se4lip-extract and the renderer adapters work here")
 
 
-def _setup_logging() -> None:
-    """INFO messages of the package (progress notes, warnings) to stderr, for the long-running tools."""
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+def _setup_logging(prog: str) -> None:
+    """INFO messages of the package (progress notes, warnings) to stderr, named by the tool (as its errors are),
+    for the long-running tools."""
+    logging.basicConfig(level=logging.INFO, format=f"{prog}: %(message)s")
 
 
 def _folder_files(folder: Path, suffixes) -> list[Path]:
@@ -378,7 +379,7 @@ def prepare_main(argv=None) -> int:
 
 
 def _prepare(parser, args) -> int:
-    _setup_logging()
+    _setup_logging(parser.prog)
     from .training import data
 
     if args.out.exists() and not args.force:
@@ -465,7 +466,7 @@ def _train(parser, args, out: Path) -> int:
     from .model import ModelConfig
     from .training.train import TrainConfig, train
 
-    _setup_logging()
+    _setup_logging(parser.prog)
     values = vars(args)
     try:
         cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)})
@@ -523,7 +524,7 @@ def eval_main(argv=None) -> int:
         return _eval_lmd(lmd_parser().parse_args(argv[1:]))
     args = eval_parser().parse_args(argv)
     args.out = Path(args.out_text) if args.out_text else None
-    _setup_logging()
+    _setup_logging("se4lip-eval")
     return _eval_sync(args)  # sync is the one subcommand this parser has; lmd has its own above
 
 
@@ -640,7 +641,7 @@ def _eval_lmd(args) -> int:
         return _fail(prog, f"{args.out / 'probe.json'}: exists (use -f to overwrite)")
     if args.split is not None and not args.split.is_file():
         return _fail(prog, f"--split {args.split}: no such file")
-    _setup_logging()
+    _setup_logging(prog)
     torch.set_num_threads(args.threads)
     try:
         data = PreparedData(args.data)
@@ -728,7 +729,7 @@ def _finetune(parser, args) -> int:
         weights.resolve(args.init)
     except (ValueError, weights.WeightsError) as err:
         return _fail(prog, err)
-    _setup_logging()
+    _setup_logging(prog)
     try:
         report = finetune(args.input, args.out, cfg, init=args.init, work=args.work, device=args.device,
                           progress=sys.stderr.isatty())
