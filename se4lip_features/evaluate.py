@@ -44,6 +44,13 @@ def speech_embeddings(model, wav: np.ndarray, frames: np.ndarray, fps: float, ba
     return torch.cat(out)
 
 
+def lip_windows(valid: np.ndarray, half: int) -> np.ndarray:
+    """bool (n_frames,): the frames centring a lip window whose 2 * half + 1 frames all have a face."""
+    ok = np.convolve(valid.astype(int), np.ones(2 * half + 1, int), mode="same") == 2 * half + 1
+    ok[:half] = ok[len(ok) - half:] = False  # windows need their full frames
+    return ok
+
+
 def clip_sync(model, wav: np.ndarray, lips: np.ndarray, valid: np.ndarray, fps: float,
               max_shift: int | None = None, embed=None) -> dict:
     """Audio-visual offset of one clip, SyncNet-style, or the reason there is none.
@@ -74,9 +81,7 @@ def clip_sync(model, wav: np.ndarray, lips: np.ndarray, valid: np.ndarray, fps: 
     if max_shift < MIN_SHIFT:
         return {"verdict": "too short", "reason": f"{len(lips)} frames: a search of +-{MIN_SHIFT} frames needs "
                                                   f"{5 * MIN_SHIFT} or more"}
-    ok = np.convolve(valid.astype(int), np.ones(2 * half + 1, int), mode="same") == 2 * half + 1
-    ok[:half] = ok[len(ok) - half:] = False
-    centres = np.flatnonzero(ok)
+    centres = np.flatnonzero(lip_windows(valid, half))
     if len(centres) == 0:
         return {"verdict": "no lip window", "reason": f"no {2 * half + 1} consecutive frames with a face"}
     shifts = np.arange(-max_shift, max_shift + 1)

@@ -10,8 +10,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .. import atomic, evaluate, weights
 from .data import PreparedData, prepare_renderer_folder, prepare_videos
 from .train import TrainConfig, train, validate
@@ -92,10 +90,9 @@ def prepare(source: Path, out: Path, model_cfg, segment_s: float, detector=None,
     return out
 
 
-def _scorable(valid, frames: int) -> bool:
-    """Whether clip_sync gives a clip a verdict: long enough for its least search, with a ``frames``-frame lip window."""
-    return (len(valid) >= 5 * evaluate.MIN_SHIFT
-            and bool((np.convolve(valid.astype(int), np.ones(frames, int), "valid") == frames).any()))
+def _scorable(valid, half: int) -> bool:
+    """Whether clip_sync gives a clip a verdict: long enough for its least search, with a full lip window."""
+    return len(valid) >= 5 * evaluate.MIN_SHIFT and bool(evaluate.lip_windows(valid, half).any())
 
 
 def _score(summary: dict) -> tuple[float, float]:
@@ -135,7 +132,7 @@ def finetune(source, out, cfg: FinetuneConfig | None = None, *, init: str | None
         train_s = sum(c.n_frames for c in train_clips) / data.fps
         steps = cfg.steps or steps_for(train_s)
         half = start.config.window_frames // 2
-        val_items = [(data, c) for c in held if _scorable(data.clip_valid(c), 2 * half + 1)]
+        val_items = [(data, c) for c in held if _scorable(data.clip_valid(c), half)]
         if not val_items:
             raise ValueError(f"{source}: no held-out segment of {5 * evaluate.MIN_SHIFT} frames or more has a "
                              f"{2 * half + 1}-frame run of frames with a face")

@@ -107,8 +107,7 @@ class WindowSampler:
             if cfg.lip_span > len(valid):  # np.convolve would swap its operands: no run fits in the clip
                 self.starts.append(np.zeros(0, np.int64))
                 continue
-            ok = np.convolve(valid.astype(int), np.ones(2 * half + 1, int), mode="same") == 2 * half + 1
-            ok[:half] = ok[len(ok) - half:] = False  # lip windows need their full 5 frames
+            ok = evaluate.lip_windows(valid, half)
             run = np.convolve(ok.astype(int), np.ones(cfg.lip_span, int), mode="valid") == cfg.lip_span
             voiced = _voiced_frames(data.clip_audio(clip), clip.n_frames, data.fps)
             mid = voiced[cfg.lip_span // 2: cfg.lip_span // 2 + len(run)]
