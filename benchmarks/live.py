@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import sys
@@ -37,6 +36,9 @@ from se4lip_features.adapters import common, live
 from se4lip_features import audio, extract
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "quality"))
+from run import cpu_name  # benchmarks/quality/run.py: the CPU as the quality report records it
+
 DEFAULT_WAV = HERE.parent / "tests" / "data" / "grid" / "bbaf2n.mp4"
 RENDERER_M, RENDERER_R = 50, 10  # the renderers' default -m and -r (20 ms chunks)
 
@@ -93,17 +95,6 @@ def measure(weights: str, layout: str, wav: Path, device: str) -> dict:
             "ms_per_frame_median": round(statistics.median(ms), 2),
             "ms_per_frame_p95": round(ms[int(0.95 * (len(ms) - 1))], 2),
             "max_abs_diff_to_offline": worst}
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else the platform's."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:

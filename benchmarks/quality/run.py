@@ -135,7 +135,7 @@ def run(args) -> dict:
     return {
         "command": "python benchmarks/quality/run.py " + " ".join(sys.argv[1:]), "note": args.note,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"cpu": _cpu_name(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "machine": {"cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                     "python": platform.python_version()},
         "run_time_s": round(time.perf_counter() - t_start, 1), "plots_s": round(plots_s, 1), "timings": timings,
         "probe": result, "visemes": {"anchors": len(anchors), "align": str(args.align), "results": viseme_results},
@@ -143,7 +143,8 @@ def run(args) -> dict:
     }
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else the platform's (benchmarks/live.py records it too)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
