@@ -188,41 +188,26 @@ def _media_files(inputs: list[Path], suffixes) -> list[Path]:
     return files
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+def _number(name: str, kind, ok, rule: str):
+    """An argparse type: ``kind(text)`` if ``ok`` accepts it, else the usage error "must be RULE, got TEXT".
+
+    ``name`` is what argparse calls it when ``kind`` cannot read the text ("invalid _positive_int value").
+    """
+    def parse(text: str):
+        value = kind(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _fps(text: str) -> float:
-    from .frames import MAX_FPS
-
-    value = float(text)
-    if not 0 < value <= MAX_FPS:
-        raise argparse.ArgumentTypeError(f"must be positive and at most {MAX_FPS:g}, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
-    return value
+_positive_int = _number("_positive_int", int, lambda v: v >= 1, "at least 1")
+_nonnegative_int = _number("_nonnegative_int", int, lambda v: v >= 0, "0 or more")
+_fraction = _number("_fraction", float, lambda v: 0 < v < 1, "between 0 and 1")
+_positive_float = _number("_positive_float", float, lambda v: 0 < v < math.inf, "positive and finite")
+_fps = _number("_fps", float, lambda v: 0 < v <= frames.MAX_FPS, f"positive and at most {frames.MAX_FPS:g}")
 
 
 def extract_parser() -> argparse.ArgumentParser:
