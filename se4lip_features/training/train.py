@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from .. import atomic, audio, evaluate, weights
 from ..model import ModelConfig, SE4Lip
+from . import augment
 from .data import Clip, PreparedData
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,10 @@ class TrainConfig:
     min_negative_offset: int = 2
     gain_db: float = 6.0  # random gain of each clip's audio, +-dB
     noise_p: float = 0.0  # share of clips given white noise at a random 10-40 dB SNR
+    warp: float = 0.0  # vocal-tract-length warp of each clip's spectra by a random factor in 1 +- warp
+    reverb_p: float = 0.0  # share of clips put in a simulated room (RT60 0.15-0.7 s)
+    babble_p: float = 0.0  # share of clips under 3-6 other training clips' talkers at 5-20 dB SNR
+    codec_p: float = 0.0  # share of clips passed through mp3, Opus or AAC at 8-32 kbit/s
     consistency: float = 0.0  # weight of 1 - cos between each speech window's features and those of a noisy twin
     bf16: bool = True  # bf16 autocast (CPUs with AVX-512 BF16, and GPUs)
     val_clips: int = 60  # held out of each dataset
@@ -58,8 +63,11 @@ class TrainConfig:
         for name in ("weight_decay", "nce_weight", "gain_db", "consistency", "ckpt_every_s"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be at least 0 and finite, got {getattr(self, name)}")
-        if not 0 <= self.noise_p <= 1:
-            raise ValueError(f"noise_p must be between 0 and 1, got {self.noise_p}")
+        for name in ("noise_p", "reverb_p", "babble_p", "codec_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if not 0 <= self.warp <= 0.3:
+            raise ValueError(f"warp must be between 0 and 0.3, got {self.warp}")
 
 
 @dataclass
@@ -77,11 +85,15 @@ class Batch:
     lip_clip: np.ndarray  # (B*K,)
     speech_clip: np.ndarray  # (B*S,)
     twins: list | None = None  # per clip, its audio under a second, noisy draw of the augmentation (consistency)
+    warps: np.ndarray | None = None  # (B,) per clip, the vocal-tract-length warp of its spectra (TrainConfig.warp)
 
     def speech_windows(self, fps: float, n_stft: int, twins: bool = False) -> torch.Tensor:
         """Log-STFT speech windows (B*S, n_stft, 257), clip by clip: of ``wavs``, or of ``twins``."""
-        return torch.cat([audio.speech_windows(wav, _centre_samples(self.speech_frame[self.speech_clip == b], fps),
-                                               n_stft) for b, wav in enumerate(self.twins if twins else self.wavs)])
+        out = []
+        for b, wav in enumerate(self.twins if twins else self.wavs):
+            spec = audio.speech_windows(wav, _centre_samples(self.speech_frame[self.speech_clip == b], fps), n_stft)
+            out.append(spec if self.warps is None else augment.warp_frequency(spec, float(self.warps[b])))
+        return torch.cat(out)
 
     def targets(self, device=None) -> tuple:
         """offset (B*K, B*S): speech minus lip frame; same (B*K, B*S): whether the pair is from one clip."""
@@ -131,26 +143,29 @@ class WindowSampler:
             win = np.lib.stride_tricks.sliding_window_view(frames, 2 * half + 1, axis=0)  # (K, H, W, 3, 5)
             lips.append(torch.from_numpy(np.ascontiguousarray(win.transpose(0, 4, 3, 1, 2))))
             wav = data.clip_audio(clip)
-            wavs.append(torch.from_numpy(_augment(wav, cfg, rng)))
+            wavs.append(torch.from_numpy(self.augment(wav, rng)))
             if cfg.consistency:
-                twins.append(torch.from_numpy(_augment(wav, cfg, rng, noise_p=1.0)))
+                twins.append(torch.from_numpy(self.augment(wav, rng, noise_p=1.0)))
             lip_idx.append(np.arange(s, s + cfg.lip_span))
             sp_idx.append(np.arange(s - cfg.speech_margin, s + cfg.lip_span + cfg.speech_margin))
             lip_clip.append(np.full(cfg.lip_span, b))
             sp_clip.append(np.full(len(sp_idx[-1]), b))
         lips = torch.cat(lips).flatten(1, 2).float() / 255.0  # (B*K, 15, H, W), frames oldest first
+        warps = 1 + rng.uniform(-cfg.warp, cfg.warp, len(picks)) if cfg.warp else None
         return Batch(lips, wavs, *(np.concatenate(x) for x in (lip_idx, sp_idx, lip_clip, sp_clip)),
-                     twins=twins or None)
+                     twins=twins or None, warps=warps)
 
+    def augment(self, wav: np.ndarray, rng: np.random.Generator, noise_p: float | None = None) -> np.ndarray:
+        """A clip's audio under the recipe's augmentation (:func:`augment.augment`); ``noise_p`` replaces its
+        share of white noise (the consistency twin's is 1), other talkers are other training clips."""
+        cfg = self.cfg
 
-def _augment(wav: np.ndarray, cfg: TrainConfig, rng: np.random.Generator, noise_p: float | None = None) -> np.ndarray:
-    """A clip's audio at a random level (+-``gain_db``) and, for a share ``noise_p`` (default: the recipe's) of
-    clips, in white noise at a random 10-40 dB SNR."""
-    wav = wav * np.float32(10 ** (rng.uniform(-cfg.gain_db, cfg.gain_db) / 20))
-    if rng.random() < (cfg.noise_p if noise_p is None else noise_p):
-        rms = np.sqrt(np.mean(wav ** 2) + 1e-12)
-        wav = wav + (rng.standard_normal(len(wav)) * rms * 10 ** (-rng.uniform(10, 40) / 20)).astype(np.float32)
-    return wav
+        def other_clip() -> np.ndarray:
+            data, clip = self.items[int(rng.choice(self.usable))]
+            return data.clip_audio(clip)
+
+        return augment.augment(wav, rng, gain_db=cfg.gain_db, noise_p=cfg.noise_p if noise_p is None else noise_p,
+                               reverb_p=cfg.reverb_p, babble_p=cfg.babble_p, codec_p=cfg.codec_p, others=other_clip)
 
 
 def _voiced_frames(wav: np.ndarray, n_frames: int, fps: float, floor_db: float = -35.0) -> np.ndarray:
