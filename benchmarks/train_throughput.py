@@ -84,9 +84,7 @@ class Step:
     def loss(self, batch_spec, bf16: bool):
         batch, spec = batch_spec
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            bce, nce, _ = self.model(spec, batch.lips, batch.targets(), self.cfg.min_negative_offset,
-                                     self.cfg.temperature)
-        return bce + self.cfg.nce_weight * nce
+            return self.model(spec, batch.lips, batch.targets(), self.cfg.loss).total
 
     def run(self, rng, bf16: bool) -> dict:
         batch, times = self.batch(rng)

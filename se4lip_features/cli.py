@@ -414,7 +414,7 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stop-at", type=_positive_int, metavar="STEP",
                         help="stop at this step with a checkpoint (the schedule still spans --steps); resume later")
     recipe = parser.add_argument_group("recipe (defaults: the shipped weights' recipe, see weights/MODEL_CARD.md)")
-    for field in dataclasses.fields(TrainConfig):
+    for field in _recipe_fields(TrainConfig):
         _add_field_flag(recipe, field)
     model = parser.add_argument_group("model (ignored with --init; lip crop size and fps come from the data); "
                                       "the default is the default weights' Mel + CNN; --front-end stft --speech-encoder gru is the paper's design")
@@ -427,6 +427,19 @@ def train_parser() -> argparse.ArgumentParser:
 
 # the rest of ModelConfig follows the data and the front end
 MODEL_FLAGS = ("embed_dim", "gru_hidden", "gru_layers", "window_frames", "front_end", "speech_encoder", "level_norm")
+
+
+def _recipe_fields(config) -> list:
+    """The fields of a config dataclass with those of its nested configs in place (TrainConfig.loss's)."""
+    return [sub for field in dataclasses.fields(config)
+            for sub in (_recipe_fields(field.default_factory) if dataclasses.is_dataclass(field.default_factory)
+                        else [field])]
+
+
+def _recipe(config, values: dict):
+    """``config`` built from parsed flags: each field from its flag, a nested config from its own."""
+    return config(**{f.name: _recipe(f.default_factory, values) if dataclasses.is_dataclass(f.default_factory)
+                     else values[f.name] for f in dataclasses.fields(config)})
 
 
 def _add_field_flag(group, field, choices=None) -> None:
@@ -454,7 +467,7 @@ def _train(parser, args, out: Path) -> int:
     _setup_logging(parser.prog)
     values = vars(args)
     try:
-        cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)})
+        cfg = _recipe(TrainConfig, values)
         model_cfg = ModelConfig(**{name: values[name] for name in MODEL_FLAGS})
     except ValueError as err:
         return _usage(parser.prog, f"--{str(err).replace('_', '-')}")

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -285,29 +286,58 @@ class SE4Lip(nn.Module):
         return F.normalize(self.lips(lips), dim=-1)
 
     def forward(self, spec: torch.Tensor, lips: torch.Tensor, targets: tuple | None = None,
-                min_negative_offset: int = 2, temperature: float = 0.07, twin: torch.Tensor | None = None):
+                loss: LossConfig | None = None, twin: torch.Tensor | None = None):
         """Cosine similarities (n_lip, n_speech) of every lip window with every speech window; given the pairs'
-        ``targets`` (offset, same_clip), their training losses (bce, nce, consistency) instead.
+        ``targets`` (offset, same_clip), the training :class:`Losses` under ``loss`` (default: LossConfig())
+        instead.
 
         spec : (n_speech, n_stft_frames, 257); lips : (n_lip, 15, H, W)
-        twin : the same speech windows under another draw of the level/noise augmentation, or None; the
-            consistency loss is the mean 1 - cosine between each window's two embeddings (0 without a twin)
-        bce, nce : see :func:`pair_losses`
+        twin : the same speech windows under another draw of the augmentation, or None; the consistency loss
+            is the mean 1 - cosine between each window's two embeddings (0 without a twin)
         """
         speech = self.encode_speech(spec if twin is None else torch.cat([spec, twin]))
         speech, twin_speech = speech[:len(spec)], speech[len(spec):]
         sim = self.encode_lips(lips) @ speech.T
         if targets is None:
             return sim
-        bce, nce = pair_losses(sim.float(), *targets, min_negative_offset, temperature)
+        loss = loss or LossConfig()
+        bce, nce = pair_losses(sim.float(), *targets, loss.min_negative_offset, loss.temperature)
         consistency = (1 - (speech * twin_speech).sum(-1).float()).mean() if twin is not None else bce.new_zeros(())
-        return bce, nce, consistency
+        return Losses(bce + loss.nce_weight * nce + loss.consistency * consistency, bce, nce, consistency)
 
 
 # ------------------------------------------------------------------------------------------------- losses
 # The paper's cosine binary cross-entropy (Eq. 6) and a softmax over time offsets.
 
 EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The training loss: Eq. 6's BCE + ``nce_weight`` x the offset softmax + ``consistency`` x the twin term."""
+
+    nce_weight: float = 1.0  # 0 trains with the paper's Eq. 6 alone
+    temperature: float = 0.07  # of the softmax over offsets
+    min_negative_offset: int = 2  # same-clip pairs closer than this are not negatives (see pair_losses)
+    consistency: float = 0.0  # weight of 1 - cos between each speech window's features and those of a noisy twin
+
+    def __post_init__(self):
+        if not 0 < self.temperature < math.inf:
+            raise ValueError(f"temperature must be positive and finite, got {self.temperature}")
+        for name in ("nce_weight", "consistency"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be at least 0 and finite, got {getattr(self, name)}")
+        if self.min_negative_offset < 0:
+            raise ValueError(f"min_negative_offset must be at least 0, got {self.min_negative_offset}")
+
+
+class Losses(NamedTuple):
+    """What :meth:`SE4Lip.forward` returns given targets: the total that training minimises, and its parts."""
+
+    total: torch.Tensor
+    bce: torch.Tensor  # Eq. 6 (see pair_losses)
+    nce: torch.Tensor  # the softmax over offsets (see pair_losses)
+    consistency: torch.Tensor  # 1 - cos to the twin's features (0 without a twin)
 
 
 def cosine_bce(cos: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from conftest import TINY_MODEL, prepare_grid, renderer_folder
 
 from se4lip_features import evaluate, weights
-from se4lip_features.model import ModelConfig, SE4Lip, SpeechEncoder, cosine_bce, pair_losses
+from se4lip_features.model import LossConfig, ModelConfig, SE4Lip, SpeechEncoder, cosine_bce, pair_losses
 from se4lip_features.training import data
 from se4lip_features.training.data import PreparedData
 from se4lip_features.training.train import TrainConfig, WindowSampler, train
@@ -65,9 +65,8 @@ def _fixed_batches_loss(model, data, cfg):
     for seed in range(4):
         batch = sampler.batch(np.random.default_rng(100 + seed))
         with torch.no_grad():
-            bce, nce, _ = model.train()(batch.speech_windows(data.fps, model.config.n_stft_frames), batch.lips,
-                                        batch.targets(), cfg.min_negative_offset, cfg.temperature)
-        losses.append(float(bce + cfg.nce_weight * nce))
+            losses.append(float(model.train()(batch.speech_windows(data.fps, model.config.n_stft_frames),
+                                              batch.lips, batch.targets(), cfg.loss).total))
     return np.mean(losses)
 
 
@@ -83,7 +82,7 @@ def test_training_lowers_the_loss(dataset, tmp_path):
     before, after = _fixed_batches_loss(start, data, cfg), _fixed_batches_loss(model, data, cfg)
     assert after < 0.9 * before, (before, after)  # measured: 5.42 -> 4.37
     assert len(history["loss"]) == 40 and history["val_step"] == [40]
-    assert json.loads(info["train_config"])["steps"] == 40
+    assert TrainConfig.from_dict(json.loads(info["train_config"])) == cfg  # the recipe, loss included
     assert (tmp_path / "run" / "training.png").stat().st_size > 1000
     assert set(json.loads((tmp_path / "run" / "split.json").read_text())["val"]) <= {c.id for c in data.clips}
 
@@ -121,7 +120,7 @@ def test_distributed_two_processes(dataset, tmp_path):
     script = (
         "import sys, dataclasses; from se4lip_features.training.train import train, TrainConfig; "
         "from se4lip_features.model import ModelConfig; "
-        f"train(sys.argv[1], sys.argv[2], TrainConfig(**{dataclasses.asdict(TINY_TRAIN)!r}), "
+        f"train(sys.argv[1], sys.argv[2], TrainConfig.from_dict({dataclasses.asdict(TINY_TRAIN)!r}), "
         f"ModelConfig(**{TINY_MODEL.to_dict()!r}), device='cpu', progress=False)"
     )
     (tmp_path / "job.py").write_text(script)
@@ -308,19 +307,21 @@ def test_consistency_pairs_each_speech_window_with_a_noisy_twin(dataset, tmp_pat
     data = PreparedData(dataset)
     items = [(data, c) for c in data.clips]
     assert WindowSampler(items, TINY_TRAIN, TINY_MODEL).batch(np.random.default_rng(0)).twins is None  # off: no cost
-    cfg = dataclasses.replace(TINY_TRAIN, consistency=1.0)
+    cfg = dataclasses.replace(TINY_TRAIN, loss=LossConfig(consistency=1.0))
     batch = WindowSampler(items, cfg, TINY_MODEL).batch(np.random.default_rng(0))
     spec, twin = (batch.speech_windows(data.fps, TINY_MODEL.n_stft_frames, twins=t) for t in (False, True))
     assert spec.shape == twin.shape and not torch.equal(spec, twin)
     model = SE4Lip(TINY_MODEL).train()
-    args = (batch.lips, batch.targets(), cfg.min_negative_offset, cfg.temperature)
-    consistency = model(spec, *args, twin=twin)[2]
+    args = (batch.lips, batch.targets(), cfg.loss)
+    losses = model(spec, *args, twin=twin)
+    consistency = losses.consistency
     assert 0 < consistency < 2
+    torch.testing.assert_close(losses.total, losses.bce + losses.nce + consistency)  # weights 1, 1 and 1
     consistency.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.speech.parameters())
     assert all(p.grad is None for p in model.lips.parameters())  # it only concerns the speech encoder
     same = model.eval()(spec, *args, twin=spec)  # identical twins: nothing to pull together
-    assert same[2].abs() < 1e-6 and model(spec, *args)[2] == 0
+    assert same.consistency.abs() < 1e-6 and model(spec, *args).consistency == 0
     history = train(dataset, tmp_path / "run", dataclasses.replace(cfg, steps=2), TINY_MODEL, progress=False)
     assert len(history["consistency"]) == 2 and all(0 < c < 2 for c in history["consistency"])
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from .. import atomic, audio, evaluate, weights
-from ..model import ModelConfig, SE4Lip
+from ..model import LossConfig, ModelConfig, SE4Lip
 from . import augment
 from .data import Clip, PreparedData
 
@@ -34,16 +34,13 @@ class TrainConfig:
     lr: float = 3e-4
     warmup_steps: int = 200
     weight_decay: float = 0.01
-    nce_weight: float = 1.0  # 0 trains with the paper's Eq. 6 alone
-    temperature: float = 0.07
-    min_negative_offset: int = 2
     gain_db: float = 6.0  # random gain of each clip's audio, +-dB
     noise_p: float = 0.0  # share of clips given white noise at a random 10-40 dB SNR
     warp: float = 0.0  # vocal-tract-length warp of each clip's spectra by a random factor in 1 +- warp
     reverb_p: float = 0.0  # share of clips put in a simulated room (RT60 0.15-0.7 s)
     babble_p: float = 0.0  # share of clips under 3-6 other training clips' talkers at 5-20 dB SNR
     codec_p: float = 0.0  # share of clips passed through mp3, Opus or AAC at 8-32 kbit/s
-    consistency: float = 0.0  # weight of 1 - cos between each speech window's features and those of a noisy twin
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     bf16: bool = True  # bf16 autocast (CPUs with AVX-512 BF16, and GPUs)
     val_clips: int = 60  # held out of each dataset
     val_every: int = 700
@@ -54,13 +51,12 @@ class TrainConfig:
         for name in ("steps", "clips_per_batch", "lip_span", "val_clips", "val_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("speech_margin", "warmup_steps", "min_negative_offset"):
+        for name in ("speech_margin", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
-        for name in ("lr", "temperature"):
-            if not 0 < getattr(self, name) < math.inf:
-                raise ValueError(f"{name} must be positive and finite, got {getattr(self, name)}")
-        for name in ("weight_decay", "nce_weight", "gain_db", "consistency", "ckpt_every_s"):
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be positive and finite, got {self.lr}")
+        for name in ("weight_decay", "gain_db", "ckpt_every_s"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be at least 0 and finite, got {getattr(self, name)}")
         for name in ("noise_p", "reverb_p", "babble_p", "codec_p"):
@@ -68,6 +64,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if not 0 <= self.warp <= 0.3:
             raise ValueError(f"warp must be between 0 and 0.3, got {self.warp}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """The config of ``dataclasses.asdict(cfg)`` (as checkpoints and weights' metadata store it)."""
+        return cls(**{**values, "loss": LossConfig(**values.get("loss", {}))})
 
 
 @dataclass
@@ -144,7 +145,7 @@ class WindowSampler:
             lips.append(torch.from_numpy(np.ascontiguousarray(win.transpose(0, 4, 3, 1, 2))))
             wav = data.clip_audio(clip)
             wavs.append(torch.from_numpy(self.augment(wav, rng)))
-            if cfg.consistency:
+            if cfg.loss.consistency:
                 twins.append(torch.from_numpy(self.augment(wav, rng, noise_p=1.0)))
             lip_idx.append(np.arange(s, s + cfg.lip_span))
             sp_idx.append(np.arange(s - cfg.speech_margin, s + cfg.lip_span + cfg.speech_margin))
@@ -347,9 +348,8 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
         spec = batch.speech_windows(data.fps, model_cfg.n_stft_frames).to(device)
         twin = batch.speech_windows(data.fps, model_cfg.n_stft_frames, twins=True).to(device) if batch.twins else None
         with autocast:
-            bce, nce, consistency = net(spec, batch.lips.to(device), batch.targets(device), cfg.min_negative_offset,
-                                        cfg.temperature, twin)
-        loss = bce + cfg.nce_weight * nce + cfg.consistency * consistency
+            losses = net(spec, batch.lips.to(device), batch.targets(device), cfg.loss, twin)
+        loss = losses.total
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step + 1}: the loss is {loss.item()}; training stopped "
                                      f"({_last_checkpoint(ckpt_path)}); lower --lr or raise --temperature")
@@ -363,9 +363,9 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
         step += 1
         history["step"].append(step)
         history["loss"].append(loss.item())
-        history["bce"].append(bce.item())
-        history["nce"].append(nce.item())
-        history.setdefault("consistency", []).append(consistency.item())  # absent from checkpoints before it
+        history["bce"].append(losses.bce.item())
+        history["nce"].append(losses.nce.item())
+        history.setdefault("consistency", []).append(losses.consistency.item())  # absent from checkpoints before it
         postfix = {"loss": f"{np.mean(history['loss'][-50:]):.3f}"}
         if history["val_acc"]:
             postfix["val_acc"] = f"{history['val_acc'][-1]:.3f}"
