@@ -5,7 +5,7 @@ The step is the one ``se4lip_features.training.train.train`` runs (same sampler,
 gradient clipping; keep them in step if train.py changes), timed part by part after a warm-up:
 
 - sample  ``WindowSampler.batch``: lip crops from the memory-mapped dataset, audio, gain, mirroring
-- stft    ``Batch.speech_windows``: the log-STFT speech windows
+- stft    ``Batch.speech``: the log-STFT frames of the speech windows
 - forward both encoders and the losses; backward; optimiser (clipping + AdamW)
 
 FLOPs of one step come from ``torch.utils.flop_counter`` (matmuls and convolutions, forward and
@@ -77,7 +77,7 @@ class Step:
         t0 = time.perf_counter()
         batch = self.sampler.batch(rng)
         t1 = time.perf_counter()
-        spec = batch.speech_windows(self.data.fps, self.model.config.n_stft_frames)
+        spec, _ = batch.speech(self.data.fps, self.model.config.n_stft_frames)
         t2 = time.perf_counter()
         return (batch, spec), {"sample": t1 - t0, "stft": t2 - t1}
 
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(max(args.threads))
     profile = sampling_profile(Step(fresh_model(), data, sampler, cfg), rng)
-    print("\nprofile of 10 batch samplings (WindowSampler.batch + Batch.speech_windows):\n" + profile, flush=True)
+    print("\nprofile of 10 batch samplings (WindowSampler.batch + Batch.speech):\n" + profile, flush=True)
 
     step = Step(fresh_model(), data, sampler, cfg)
     batch, _ = step.batch(np.random.default_rng(1))

@@ -31,17 +31,14 @@ def speech_embeddings(model, wav: np.ndarray, frames: np.ndarray, fps: float, ba
                       embed=None) -> torch.Tensor:
     """Unit-norm speech embeddings of the windows centred on the given (possibly out-of-range) frames.
 
-    ``embed(wav, centres)`` computes them from the waveform and the windows' centre samples, e.g.
-    :meth:`se4lip_features.Extractor.embed` with its precision; by default the model's ``encode_speech``.
+    ``embed(wav, centres, batch_size)`` computes them from the waveform and the windows' centre samples, e.g.
+    :meth:`se4lip_features.Extractor.embed` with its precision; by default the model's
+    :meth:`SpeechEncoder.embed <se4lip_features.model.SpeechEncoder.embed>`.
     """
     device = next(model.parameters()).device
     wav = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).to(device)
     centres = torch.from_numpy(np.round(np.asarray(frames) / fps * audio.SAMPLE_RATE).astype(np.int64))
-    if embed is not None:
-        return embed(wav, centres, batch_size)
-    out = [model.encode_speech(audio.speech_windows(wav, centres[s: s + batch_size], model.config.n_stft_frames))
-           for s in range(0, len(centres), batch_size)]
-    return torch.cat(out)
+    return (embed or model.speech.embed)(wav, centres, batch_size)
 
 
 def lip_windows(valid: np.ndarray, half: int) -> np.ndarray:

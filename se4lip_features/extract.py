@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import atomic, audio, sidecar, weights
 from .frames import DEFAULT_BATCH, LAYOUTS, FrameStream, check_options, framed_waveform, too_short_message
@@ -73,10 +72,8 @@ class Extractor:
     @torch.inference_mode()
     def embed(self, wav: torch.Tensor, centres: torch.Tensor, batch_size: int = DEFAULT_BATCH,
               progress: bool = False) -> torch.Tensor:
-        """Unit-norm speech embeddings of windows centred on given samples.
-
-        The input features of each distinct STFT frame are computed once (in fp32), however many windows
-        hold it: at 50 windows per second each frame is in about ten.
+        """Unit-norm speech embeddings of windows centred on given samples, with this extractor's precision
+        (:meth:`SpeechEncoder.embed <se4lip_features.model.SpeechEncoder.embed>`).
 
         Parameters
         ----------
@@ -87,21 +84,12 @@ class Extractor:
         -------
         torch.Tensor float32 (n_windows, dim) on ``self.device``
         """
-        from tqdm import tqdm
+        return self.speech.embed(wav.to(self.device), centres, batch_size, self._precision_scope, progress)
 
-        wav, centres = wav.to(self.device), centres.to(self.device)
-        out = []
-        batches = range(0, len(centres), batch_size)
-        for start in tqdm(batches, desc="extract", unit="batch", leave=False, disable=not progress):
-            starts, which = audio.shared_stft_frames(centres[start: start + batch_size],
-                                                     self.config.n_stft_frames)
-            x = self.speech.inputs(audio.log_stft_frames(wav, starts))  # (n_distinct, n_in)
-            with self._precision_scope():
-                emb = self.speech.encode(x[which])  # (batch, dim)
-            out.append(F.normalize(emb.float(), dim=-1))
-        if not out:
-            return torch.zeros(0, self.dim, device=self.device)
-        return torch.cat(out)
+    def frame_stream(self, fps: float, layout: str, batch_size: int = DEFAULT_BATCH) -> FrameStream:
+        """The frame engine over this extractor's features (its :meth:`embed` times :attr:`scale`)."""
+        return FrameStream(lambda wav, centres, size: self.embed(wav, centres, size) * self.scale,
+                           self.config.n_stft_frames, self.dim, fps, layout, batch_size, self.device)
 
     def extract(self, wav: np.ndarray, sr: int, fps: float = 25.0, layout: str = "ds",
                 batch_size: int = DEFAULT_BATCH, progress: bool = False, name: str = "audio") -> np.ndarray:
@@ -156,7 +144,7 @@ class Extractor:
         from tqdm import tqdm
 
         check_options(fps, layout, batch_size)
-        frames = FrameStream(self, fps, layout, batch_size)
+        frames = self.frame_stream(fps, layout, batch_size)
         with tqdm(total=total_s, desc="extract", unit="s", leave=False, disable=not progress,
                   bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} s of audio [{elapsed}<{remaining}]") as bar:
             blocks = iter(blocks)

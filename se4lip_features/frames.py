@@ -1,4 +1,5 @@
-"""Feature layouts and the video-frame grid: how many frames a waveform has, and which speech windows each reads."""
+"""Feature layouts, the video-frame grid (how many frames a waveform has, which speech windows each reads) and
+the frame engine that turns a waveform's windows into frames as its audio arrives."""
 
 from __future__ import annotations
 
@@ -71,18 +72,25 @@ class FrameStream:
     with the length of the audio. Used by :meth:`Extractor.extract_blocks`; its subclass in stream.py,
     which encodes windows while their audio arrives, by :class:`se4lip_features.StreamingExtractor`.
 
-    ``extractor`` is what encodes the windows: an :class:`se4lip_features.Extractor` (its ``embed``,
-    ``scale``, ``dim``, ``device`` and ``config`` are read).
+    Parameters
+    ----------
+    embed : ``embed(wav, centres, batch_size)``: the features (n, dim) of the windows centred on samples
+        ``centres`` (int64 tensor) of ``wav`` (float32 tensor), e.g. :meth:`Extractor.frame_stream`'s
+    n_stft_frames, dim : STFT frames per window, features per sub-step
+    fps, layout, batch_size : the frame grid and the most windows per ``embed`` call
+    device : where ``embed``'s features are
     """
 
-    def __init__(self, extractor, fps: float, layout: str, batch_size: int = DEFAULT_BATCH):
+    def __init__(self, embed, n_stft_frames: int, dim: int, fps: float, layout: str,
+                 batch_size: int = DEFAULT_BATCH, device=None):
         check_options(fps, layout, batch_size)
-        self.extractor, self.fps, self.batch_size = extractor, float(fps), batch_size
+        self.embed, self.dim, self.device = embed, dim, torch.device(device or "cpu")
+        self.fps, self.batch_size = float(fps), batch_size
         self.width = LAYOUTS[layout]
         self.stride = 1 if self.width > 1 else 2  # half-frame units between encoded sub-steps
         self.per_frame = 2 // self.stride  # new sub-steps per frame
         self.span = (self.width - 1) // self.stride + 1  # sub-steps a frame reads
-        self.half = audio.window_samples(extractor.config.n_stft_frames) // 2
+        self.half = audio.window_samples(n_stft_frames) // 2
         self.reset()
 
     def reset(self) -> None:
@@ -91,7 +99,7 @@ class FrameStream:
         self.offset = 0
         self.n_samples = 0  # samples received
         self.n_frames = 0  # frames emitted
-        self.emb = torch.zeros(0, self.extractor.dim, device=self.extractor.device)  # scaled, sub-steps emb_start...
+        self.emb = torch.zeros(0, self.dim, device=self.device)  # features of sub-steps emb_start...
         self.emb_start = 0
 
     def centres(self, steps: np.ndarray) -> np.ndarray:
@@ -129,7 +137,7 @@ class FrameStream:
         if end > self.n_frames:
             rows = self._frames(end)
         else:
-            rows = np.zeros((0, self.width, self.extractor.dim), np.float32)
+            rows = np.zeros((0, self.width, self.dim), np.float32)
         if last:
             self.reset()
         return rows
@@ -139,12 +147,12 @@ class FrameStream:
         return frame * self.per_frame + self.span - 1
 
     def encode(self, stop: int, last: bool) -> None:
-        """Have the scaled embeddings of sub-steps up to ``stop`` in ``self.emb`` (their windows are complete)."""
+        """Have the features of sub-steps up to ``stop`` in ``self.emb`` (their windows are complete)."""
         first = self.emb_start + len(self.emb)
         if stop > first:
             centres = self.centres(np.arange(first, stop)) - self.offset
-            new = self.extractor.embed(torch.from_numpy(self.samples), torch.from_numpy(centres), self.batch_size)
-            self.emb = torch.cat([self.emb, new * self.extractor.scale])
+            new = self.embed(torch.from_numpy(self.samples), torch.from_numpy(centres), self.batch_size)
+            self.emb = torch.cat([self.emb, new])
 
     def _frames(self, end: int) -> np.ndarray:
         """Return frames [n_frames, end), whose sub-steps are in ``self.emb``; drop what is no longer needed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import audio
-from .frames import MAX_FPS
+from .frames import DEFAULT_BATCH, MAX_FPS
 
 MIN_FPS = 1.0  # a video rate below this is not a talking head (fps 1e-3 made extraction hang)
 MAX_WINDOW_FRAMES = 25  # lip frames per window: 1 s at 25 fps
@@ -115,6 +116,7 @@ class SpeechEncoder(nn.Module):
         self.register_buffer("spec_mean", torch.zeros(n_in))
         self.register_buffer("spec_std", torch.ones(n_in))
         self.cnn, self.level_norm = None, cfg.level_norm
+        self.embed_dim, self.n_stft_frames = cfg.embed_dim, cfg.n_stft_frames
         if cfg.speech_encoder == "gru":
             self.gru = nn.GRU(n_in, cfg.gru_hidden, num_layers=cfg.gru_layers, batch_first=True)
             self.proj = nn.Linear(cfg.gru_hidden, cfg.embed_dim)
@@ -166,6 +168,52 @@ class SpeechEncoder(nn.Module):
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         """(batch, n_stft_frames, 257) log-magnitude -> (batch, embed_dim), not normalised."""
         return self.encode(self.inputs(spec))
+
+    def embed_frames(self, frames: torch.Tensor, which: torch.Tensor, precision=contextlib.nullcontext) -> torch.Tensor:
+        """Unit-norm embeddings of speech windows given as distinct log-STFT frames and the frames each reads.
+
+        The one way speech windows are embedded (extraction, evaluation, streaming and training): each distinct
+        frame's input features are computed once (in fp32), however many windows read it, then ``encode`` runs
+        on the windows under ``precision()`` (a context manager: the extractor's bf16 path; training's autocast
+        encloses the whole call instead).
+
+        Parameters
+        ----------
+        frames : (n_distinct, 257) log-magnitude STFT frames (:func:`audio.log_stft_frames`)
+        which : int64 (n_windows, n_stft_frames) rows of ``frames`` each window reads, oldest first
+
+        Returns
+        -------
+        torch.Tensor float32 (n_windows, embed_dim)
+        """
+        x = self.inputs(frames)[which]  # (n_windows, n_stft_frames, n_in)
+        with precision():
+            emb = self.encode(x)
+        return F.normalize(emb.float(), dim=-1)
+
+    def embed(self, wav: torch.Tensor, centres: torch.Tensor, batch_size: int = DEFAULT_BATCH,
+              precision=contextlib.nullcontext, progress: bool = False) -> torch.Tensor:
+        """Unit-norm embeddings of the windows centred on given samples of a waveform (:meth:`embed_frames`).
+
+        Parameters
+        ----------
+        wav : float32 (n_samples,) at 16 kHz
+        centres : int64 (n_windows,) sample indices (may lie outside the audio: silence is read there)
+        batch_size : windows per encoder call
+
+        Returns
+        -------
+        torch.Tensor float32 (n_windows, embed_dim) on ``wav``'s device
+        """
+        from tqdm import tqdm
+
+        centres = centres.to(wav.device)
+        out = [torch.zeros(0, self.embed_dim, device=wav.device)]
+        batches = range(0, len(centres), batch_size)
+        for start in tqdm(batches, desc="extract", unit="batch", leave=False, disable=not progress):
+            starts, which = audio.shared_stft_frames(centres[start: start + batch_size], self.n_stft_frames)
+            out.append(self.embed_frames(audio.log_stft_frames(wav, starts), which, precision))
+        return torch.cat(out)
 
     def for_inference(self) -> SpeechEncoder:
         """This encoder for extraction: itself for the GRU; for the CNN, a copy with BatchNorm folded in.
@@ -278,25 +326,32 @@ class SE4Lip(nn.Module):
         self.lips = LipEncoder(cfg)
 
     def encode_speech(self, spec: torch.Tensor) -> torch.Tensor:
-        """(batch, n_stft_frames, 257) -> L2-normalised (batch, embed_dim)."""
-        return F.normalize(self.speech(spec), dim=-1)
+        """(batch, n_stft_frames, 257) log-STFT windows -> L2-normalised (batch, embed_dim)
+        (:meth:`SpeechEncoder.embed_frames` of their frames)."""
+        n, t, f = spec.shape
+        return self.speech.embed_frames(spec.reshape(n * t, f), torch.arange(n * t, device=spec.device).view(n, t))
 
     def encode_lips(self, lips: torch.Tensor) -> torch.Tensor:
         """(batch, 15, H, W) -> L2-normalised (batch, embed_dim)."""
         return F.normalize(self.lips(lips), dim=-1)
 
-    def forward(self, spec: torch.Tensor, lips: torch.Tensor, targets: tuple | None = None,
+    def forward(self, speech: tuple[torch.Tensor, torch.Tensor], lips: torch.Tensor, targets: tuple | None = None,
                 loss: LossConfig | None = None, twin: torch.Tensor | None = None):
         """Cosine similarities (n_lip, n_speech) of every lip window with every speech window; given the pairs'
         ``targets`` (offset, same_clip), the training :class:`Losses` under ``loss`` (default: LossConfig())
         instead.
 
-        spec : (n_speech, n_stft_frames, 257); lips : (n_lip, 15, H, W)
-        twin : the same speech windows under another draw of the augmentation, or None; the consistency loss
-            is the mean 1 - cosine between each window's two embeddings (0 without a twin)
+        speech : (frames, which), the speech windows as :meth:`SpeechEncoder.embed_frames` takes them:
+            (n_distinct, 257) log-STFT frames and int64 (n_speech, n_stft_frames) indices into them
+        lips : (n_lip, 15, H, W)
+        twin : (n_distinct, 257) the same frames under another draw of the augmentation, or None; the
+            consistency loss is the mean 1 - cosine between each window's two embeddings (0 without a twin)
         """
-        speech = self.encode_speech(spec if twin is None else torch.cat([spec, twin]))
-        speech, twin_speech = speech[:len(spec)], speech[len(spec):]
+        frames, which = speech
+        if twin is not None:  # one encoder call for both: BatchNorm sees them together
+            frames, which = torch.cat([frames, twin]), torch.cat([which, which + len(frames)])
+        emb = self.speech.embed_frames(frames, which)
+        speech, twin_speech = emb[:len(speech[1])], emb[len(speech[1]):]
         sim = self.encode_lips(lips) @ speech.T
         if targets is None:
             return sim

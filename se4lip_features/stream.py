@@ -26,14 +26,14 @@ class ProgressiveFrames(FrameStream):
     """
 
     def __init__(self, extractor: Extractor, fps: float, layout: str, batch_size: int = DEFAULT_BATCH):
-        super().__init__(extractor, fps, layout, batch_size)
         self.speech = extractor.speech  # the encoder extraction runs (for the GRU, the model's own)
-        self.n_stft = extractor.config.n_stft_frames
+        self.n_stft, self.scale, cfg = extractor.config.n_stft_frames, extractor.scale, extractor.config
+        self.gru_shape = (cfg.gru_layers, cfg.gru_hidden)
+        super().__init__(None, self.n_stft, extractor.dim, fps, layout, batch_size, extractor.device)
 
     def reset(self) -> None:
         super().reset()
-        n_layers = self.extractor.config.gru_layers
-        self.h = torch.zeros(n_layers, 0, self.extractor.config.gru_hidden, device=self.extractor.device)
+        self.h = torch.zeros(self.gru_shape[0], 0, self.gru_shape[1], device=self.device)
         self.done = np.zeros(0, np.int64)  # STFT frames read so far by each window under way
 
     def encode(self, stop: int, last: bool) -> None:
@@ -66,7 +66,7 @@ class ProgressiveFrames(FrameStream):
                 self.done[rows] = ready[rows]
             finished = int(np.argmin(np.append(self.done, 0) == self.n_stft))  # windows finish in order
             if finished:
-                emb = F.normalize(self.speech.finish(self.h[:, :finished]), dim=-1) * self.extractor.scale
+                emb = F.normalize(self.speech.finish(self.h[:, :finished]), dim=-1) * self.scale
                 self.emb = torch.cat([self.emb, emb])
                 self.h, self.done = self.h[:, finished:], self.done[finished:]
 
@@ -116,8 +116,10 @@ class StreamingExtractor:
         if not audio.MIN_SAMPLE_RATE <= sr <= audio.MAX_SAMPLE_RATE:
             raise ValueError(f"sample rate {sr} Hz is outside {audio.MIN_SAMPLE_RATE}-{audio.MAX_SAMPLE_RATE} Hz")
         # GRU windows are advanced as their audio arrives; the ablation's CNN encodes each window once complete
-        frames = ProgressiveFrames if extractor.config.speech_encoder == "gru" else FrameStream
-        self._frames = frames(extractor, fps, layout, batch_size)  # checks fps, layout, batch_size
+        if extractor.config.speech_encoder == "gru":
+            self._frames = ProgressiveFrames(extractor, fps, layout, batch_size)  # checks fps, layout, batch_size
+        else:
+            self._frames = extractor.frame_stream(fps, layout, batch_size)
         self.extractor, self.fps, self.layout, self.sr = extractor, float(fps), layout, int(sr)
         self.width, self.dim = LAYOUTS[layout], extractor.dim
         self._resampler = None

@@ -88,13 +88,24 @@ class Batch:
     twins: list | None = None  # per clip, its audio under a second, noisy draw of the augmentation (consistency)
     warps: np.ndarray | None = None  # (B,) per clip, the vocal-tract-length warp of its spectra (TrainConfig.warp)
 
-    def speech_windows(self, fps: float, n_stft: int, twins: bool = False) -> torch.Tensor:
-        """Log-STFT speech windows (B*S, n_stft, 257), clip by clip: of ``wavs``, or of ``twins``."""
-        out = []
-        for b, wav in enumerate(self.twins if twins else self.wavs):
-            spec = audio.speech_windows(wav, _centre_samples(self.speech_frame[self.speech_clip == b], fps), n_stft)
-            out.append(spec if self.warps is None else augment.warp_frequency(spec, float(self.warps[b])))
-        return torch.cat(out)
+    def speech(self, fps: float, n_stft: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        """The speech windows as :meth:`SE4Lip.forward` takes them, clip by clip: ((frames, which), twin).
+
+        frames : (n_distinct, 257) the distinct log-STFT frames of the windows of ``wavs``, spectra warped
+            by ``warps``; which : int64 (B*S, n_stft) the frames each window reads
+        twin : (n_distinct, 257) the same frames of ``twins`` (None without them)
+        """
+        frames, twin, which, total = [], [], [], 0
+        for b, wav in enumerate(self.wavs):
+            starts, index = audio.shared_stft_frames(_centre_samples(self.speech_frame[self.speech_clip == b], fps),
+                                                     n_stft)
+            for out, source in ((frames, wav), (twin, self.twins[b] if self.twins else None)):
+                if source is not None:
+                    spec = audio.log_stft_frames(source, starts)
+                    out.append(spec if self.warps is None else augment.warp_frequency(spec, float(self.warps[b])))
+            which.append(index + total)
+            total += len(starts)
+        return (torch.cat(frames), torch.cat(which)), torch.cat(twin) if twin else None
 
     def targets(self, device=None) -> tuple:
         """offset (B*K, B*S): speech minus lip frame; same (B*K, B*S): whether the pair is from one clip."""
@@ -345,10 +356,10 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
         batch = sampler.batch(rng)
-        spec = batch.speech_windows(data.fps, model_cfg.n_stft_frames).to(device)
-        twin = batch.speech_windows(data.fps, model_cfg.n_stft_frames, twins=True).to(device) if batch.twins else None
+        (frames, which), twin = batch.speech(data.fps, model_cfg.n_stft_frames)
         with autocast:
-            losses = net(spec, batch.lips.to(device), batch.targets(device), cfg.loss, twin)
+            losses = net((frames.to(device), which.to(device)), batch.lips.to(device), batch.targets(device), cfg.loss,
+                         None if twin is None else twin.to(device))
         loss = losses.total
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step + 1}: the loss is {loss.item()}; training stopped "
