@@ -21,6 +21,7 @@ benchmarks/results/generalisation/finetune_grid_s1_4min.json comes from that com
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -31,7 +32,7 @@ import torch
 
 from se4lip_features import audio
 from se4lip_features.training import lips
-from se4lip_features.training.finetune import FinetuneConfig, finetune
+from se4lip_features.training.finetune import RECIPE, FinetuneConfig, finetune
 
 HERE = Path(__file__).resolve().parent
 
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
                    help="take the utterances from the held-out ids (in their order) or from the others (by name)")
     p.add_argument("--n-videos", type=int, default=40)
     p.add_argument("--steps", type=int, help="default: se4lip-finetune's rule")
-    p.add_argument("--eval-every", type=int, default=FinetuneConfig.eval_every)
+    p.add_argument("--eval-every", type=int, default=RECIPE.val_every)
     p.add_argument("--init", help="starting weights (default: the default weights)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", type=Path, default=Path("/tmp/se4lip-finetune-identity"))
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     seconds = join_videos([args.videos / f"{i}.mp4" for i in ids], video)
     join_s = time.perf_counter() - t0
-    cfg = FinetuneConfig(steps=args.steps, eval_every=args.eval_every)
+    cfg = FinetuneConfig(steps=args.steps, train=dataclasses.replace(RECIPE, val_every=args.eval_every))
     weights_out = args.work / "finetuned.safetensors"
     report = finetune(video, weights_out, cfg, init=args.init, work=args.work / "run")
     minutes = seconds / 60

@@ -686,16 +686,16 @@ def finetune_parser() -> argparse.ArgumentParser:
                         help="share of the video held out, at its end (default: %(default)s)")
     parser.add_argument("--segment", type=_positive_float, default=d.segment_s,
                         help="seconds per segment, the units of the split and of sync (default: %(default)s)")
-    parser.add_argument("--eval-every", type=_positive_int, default=d.eval_every, metavar="STEPS",
+    parser.add_argument("--eval-every", type=_positive_int, default=d.train.val_every, metavar="STEPS",
                         help="steps between held-out evaluations (default: %(default)s)")
     parser.add_argument("--patience", type=_positive_int, default=d.patience, metavar="EVALS",
                         help="evaluations without improvement before stopping (default: %(default)s)")
-    parser.add_argument("--lr", type=_positive_float, default=d.lr, help="peak learning rate (default: %(default)s)")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=d.bf16,
+    parser.add_argument("--lr", type=_positive_float, default=d.train.lr, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=d.train.bf16,
                         help="bf16 autocast (CPUs with AVX-512 BF16, and GPUs)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--work", type=Path,
-                        help="folder to keep the prepared data and the run in (default: a temporary folder)")
+                        help="folder to keep the prepared data in (default: a temporary folder)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite OUT and its report")
     return parser
 
@@ -708,7 +708,7 @@ def finetune_main(argv=None) -> int:
 
 
 def _finetune(parser, args) -> int:
-    from .training.finetune import FinetuneConfig, finetune, report_path
+    from .training.finetune import RECIPE, FinetuneConfig, finetune, report_path
 
     prog = parser.prog
     if args.out.suffix != ".safetensors":
@@ -722,8 +722,8 @@ def _finetune(parser, args) -> int:
     if not args.input.exists():
         return _fail(prog, f"{args.input}: no such file or folder")
     try:
-        cfg = FinetuneConfig(steps=args.steps, holdout=args.holdout, segment_s=args.segment,
-                             eval_every=args.eval_every, patience=args.patience, lr=args.lr, bf16=args.bf16)
+        cfg = FinetuneConfig(steps=args.steps, holdout=args.holdout, segment_s=args.segment, patience=args.patience,
+                             train=dataclasses.replace(RECIPE, val_every=args.eval_every, lr=args.lr, bf16=args.bf16))
         weights.resolve(args.init)
     except (ValueError, weights.WeightsError) as err:
         return _fail(prog, err)

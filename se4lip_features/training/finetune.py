@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .. import atomic, evaluate, weights
 from .data import PreparedData, prepare_renderer_folder, prepare_videos
-from .train import TrainConfig, train, validate
+from .train import TrainConfig, fit, validate
 
 log = logging.getLogger(__name__)
 
@@ -26,33 +25,34 @@ def steps_for(train_seconds: float) -> int:
     return int(min(MAX_STEPS, max(MIN_STEPS, round(STEPS_PER_MINUTE * train_seconds / 60))))
 
 
+# The recipe of fine-tuning: TrainConfig's, at a third of its peak learning rate with a short warm-up, validated
+# every 25 steps; its steps come from the video's length (steps_for) unless FinetuneConfig.steps says otherwise.
+RECIPE = TrainConfig(lr=1e-4, warmup_steps=20, val_every=25)
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """How one identity is fine-tuned; the rest of the recipe is :class:`TrainConfig`'s."""
+    """How one identity is fine-tuned: the split, the early stopping and the training recipe it runs."""
 
     steps: int | None = None  # None: steps_for(seconds of training video)
     holdout: float = 0.3  # share of the timeline held out, at its end
     segment_s: float = 2.0  # the video is cut into segments of this length: the units of the split and of sync
-    eval_every: int = 25  # steps between held-out evaluations
-    patience: int = 4  # evaluations without improvement before stopping
-    lr: float = 1e-4
-    warmup_steps: int = 20
-    clips_per_batch: int = 8
-    lip_span: int = 8  # as TrainConfig's
-    speech_margin: int = 8
-    bf16: bool = True
-    seed: int = 0
+    patience: int = 4  # validations (every train.val_every steps) without improvement before stopping
+    train: TrainConfig = field(default_factory=lambda: RECIPE)  # its steps are replaced by the steps above
 
     def __post_init__(self):
         if not 0 < self.holdout < 1:
             raise ValueError(f"holdout must be between 0 and 1, got {self.holdout}")
         if self.segment_s <= 0:
             raise ValueError(f"segment_s must be positive, got {self.segment_s}")
-        for name in ("eval_every", "patience", "clips_per_batch", "lip_span"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be at least 1, got {self.patience}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
+
+    def recipe(self, steps: int) -> TrainConfig:
+        """The training recipe of a run of ``steps`` steps (its warm-up no longer than the run)."""
+        return replace(self.train, steps=steps, warmup_steps=min(self.train.warmup_steps, steps))
 
 
 def tail_split(data: PreparedData, holdout: float):
@@ -95,11 +95,6 @@ def _scorable(valid, half: int) -> bool:
     return len(valid) >= 5 * evaluate.MIN_SHIFT and bool(evaluate.lip_windows(valid, half).any())
 
 
-def _score(summary: dict) -> tuple[float, float]:
-    """What early stopping maximises: held-out sync accuracy, ties broken by the mean confidence."""
-    return summary["accuracy"], summary["mean_confidence"]
-
-
 def finetune(source, out, cfg: FinetuneConfig | None = None, *, init: str | None = None, work=None,
              device: str | None = None, detector=None, progress: bool = True) -> dict:
     """Fine-tune weights on one identity's video and write the best of them (by held-out sync) to ``out``.
@@ -110,8 +105,7 @@ def finetune(source, out, cfg: FinetuneConfig | None = None, *, init: str | None
         prepared dataset folder
     out : the .safetensors to write (atomically); the report goes beside it as ``<stem>.finetune.json``
     init : the starting weights (default: the default weights)
-    work : folder for the prepared data and the training run (default: a temporary folder beside ``out``,
-        removed at the end)
+    work : folder to keep the prepared data in (default: a temporary folder beside ``out``, removed at the end)
     detector : face landmark detector for videos (default: mediapipe's; see ``prepare_videos``)
 
     Returns
@@ -121,47 +115,30 @@ def finetune(source, out, cfg: FinetuneConfig | None = None, *, init: str | None
     cfg = cfg or FinetuneConfig()
     out = Path(out)
     t0 = time.perf_counter()
-    start, info = weights.load(init)
+    model, info = weights.load(init)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-finetune-") as tmp:
-        folder = Path(work) if work is not None else Path(tmp)
-        data_dir = prepare(source, folder / "data", start.config, cfg.segment_s, detector, progress)
+        data_dir = prepare(source, Path(work or tmp) / "data", model.config, cfg.segment_s, detector, progress)
         prepare_s = time.perf_counter() - t0
         data = PreparedData(data_dir)
         train_clips, held = tail_split(data, cfg.holdout)
         train_s = sum(c.n_frames for c in train_clips) / data.fps
         steps = cfg.steps or steps_for(train_s)
-        half = start.config.window_frames // 2
+        half = model.config.window_frames // 2
         val_items = [(data, c) for c in held if _scorable(data.clip_valid(c), half)]
         if not val_items:
             raise ValueError(f"{source}: no held-out segment of {5 * evaluate.MIN_SHIFT} frames or more has a "
                              f"{2 * half + 1}-frame run of frames with a face")
-        before = validate(start, val_items)
-        log.info("before: held-out sync accuracy %.3f, confidence %.3f", before["accuracy"],
-                 before["mean_confidence"])
-
-        best = {"score": _score(before), "step": 0, "state": None}
-
-        def on_validation(step, summary, model):
-            if _score(summary) > best["score"]:
-                best.update(score=_score(summary), step=step, state=copy.deepcopy(model.state_dict()))
-            return (step - best["step"]) // cfg.eval_every >= cfg.patience
-
-        recipe = TrainConfig(steps=steps, clips_per_batch=cfg.clips_per_batch, lip_span=cfg.lip_span,
-                             speech_margin=cfg.speech_margin, lr=cfg.lr,
-                             warmup_steps=min(cfg.warmup_steps, steps), bf16=cfg.bf16,
-                             val_every=cfg.eval_every, ckpt_every_s=1e9, seed=cfg.seed)  # one checkpoint, at the end
+        recipe = cfg.recipe(steps)
         t1 = time.perf_counter()
-        history = train(data_dir, folder / "run", recipe, init=info["path"], device=device, progress=progress,
-                        splits=[(train_clips, [c for _, c in val_items])], on_validation=on_validation)
+        history = fit(model, [(data, c) for c in train_clips], val_items, recipe, device=device, progress=progress,
+                      patience=cfg.patience)  # leaves the model with its best state
         fit_s = time.perf_counter() - t1
-        model = start
-        if best["state"] is not None:
-            model.load_state_dict(best["state"])
-        model.cpu().eval()
+        before = history["before"]
+        log.info("before: held-out sync accuracy %.3f, confidence %.3f", before["accuracy"], before["mean_confidence"])
         meta = {"init": info["name"], "init_sha256": info["sha256"], "finetune_config": json.dumps(asdict(cfg)),
-                "train_config": json.dumps(asdict(recipe)), "data": str(source), "best_step": best["step"]}
-        sha = weights.save(model, out, metadata=meta)
+                "train_config": json.dumps(asdict(recipe)), "data": str(source), "best_step": history["best_step"]}
+        sha = weights.save(model.cpu(), out, metadata=meta)
         after = validate(weights.load(out)[0], val_items)  # the figures of the file as written (fp16)
     report = {
         "input": str(source), "weights": str(out), "sha256": sha, "init": info["name"],
@@ -171,7 +148,8 @@ def finetune(source, out, cfg: FinetuneConfig | None = None, *, init: str | None
                   "held_out_unscorable": len(held) - len(val_items),
                   "train_s": round(train_s, 2),
                   "held_out_s": round(sum(c.n_frames for _, c in val_items) / data.fps, 2)},
-        "steps": {"planned": steps, "run": history["step"][-1] if history["step"] else 0, "best": best["step"],
+        "steps": {"planned": steps, "run": history["step"][-1] if history["step"] else 0,
+                  "best": history["best_step"],
                   "rule": None if cfg.steps else
                   f"{STEPS_PER_MINUTE} per minute of training video, within [{MIN_STEPS}, {MAX_STEPS}]"},
         "validation": {"step": history["val_step"], "accuracy": history["val_acc"],

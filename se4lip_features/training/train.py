@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -249,8 +250,7 @@ def _init_distributed():
 
 def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
           model_cfg: ModelConfig | None = None, *, init: str | None = None, resume: bool = False,
-          device: str | None = None, stop_at: int | None = None, progress: bool = True,
-          splits: list | None = None, on_validation=None) -> dict:
+          device: str | None = None, stop_at: int | None = None, progress: bool = True) -> dict:
     """Train (or fine-tune from ``init`` weights) and write ``out_dir/{ckpt.pt,final.safetensors,history.json}``.
 
     ``data_dirs`` is one prepared dataset or several (same fps and lip crops), each holding out
@@ -259,22 +259,11 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
 
     ``stop_at`` ends this run early at that step with a checkpoint (the schedule still spans ``cfg.steps``),
     so long trainings can be run in slices and resumed. Returns the history: per-step loss and
-    per-validation sync accuracy.
-
-    ``splits`` replaces the random hold-out with given (train clips, held-out clips) per dataset (e.g. the
-    end of a video's timeline: :func:`se4lip_features.training.finetune.tail_split`).
-    ``on_validation(step, summary, model)`` is called after each validation with the held-out
-    :func:`evaluate.sync_summary`; returning True ends the run there (early stopping, with a checkpoint).
+    per-validation sync accuracy (:func:`fit`).
     """
-    from tqdm import tqdm
-
     cfg, model_cfg = cfg or TrainConfig(), model_cfg or ModelConfig()
-    rank, world = _init_distributed()
-    if on_validation is not None and world > 1:
-        raise ValueError("on_validation (early stopping) runs in one process only")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    rank, _ = _init_distributed()
+    device = _device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "ckpt.pt"
@@ -285,7 +274,7 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
         for key in ("fps", "lip_height", "lip_width", "lip_crop_scale"):
             if other.meta[key] != data.meta[key]:
                 raise ValueError(f"{d}: {key} {other.meta[key]} differs from {data_dirs[0]}'s {data.meta[key]}")
-    splits = splits or [d.split(cfg.val_clips, seed=cfg.seed) for d in datasets]
+    splits = [d.split(cfg.val_clips, seed=cfg.seed) for d in datasets]
     train_items = [(d, c) for d, (clips, _) in zip(datasets, splits) for c in clips]
     val_items = [(d, c) for d, (_, clips) in zip(datasets, splits) for c in clips]
     state = None
@@ -301,9 +290,8 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
     torch.manual_seed(cfg.seed)
     if init is not None and state is None:
         model, info = weights.load(init)
-        model_cfg = model.config
         log.info("fine-tuning from %s (%s)", info["name"], info["sha256"][:12])
-    elif state is not None:  # the checkpoint's weights, statistics included, are loaded below
+    elif state is not None:  # the checkpoint's weights, statistics included, are loaded by fit
         model = SE4Lip(model_cfg)
     else:  # the lip crops and frame rate are the data's
         model_cfg = dataclasses.replace(model_cfg, fps=data.fps, lip_height=data.meta["lip_height"],
@@ -313,26 +301,82 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
                                       model_cfg.n_stft_frames if model_cfg.level_norm else None)
         model.speech.spec_mean.copy_(mean)
         model.speech.spec_std.copy_(std)
+
+    def checkpoint(payload: dict) -> None:
+        with atomic.replacing(ckpt_path) as (tmp,):
+            torch.save({**payload, "train_config": dataclasses.asdict(cfg), "model_config": model.config.to_dict()}, tmp)
+
+    history = fit(model, train_items, val_items, cfg, device=device, progress=progress, stop_at=stop_at,
+                  checkpoint=checkpoint, state=state, where=str(ckpt_path))
+    if rank == 0 and history["step"] and history["step"][-1] == cfg.steps:
+        atomic.write_text(out_dir / "history.json", json.dumps(history))
+        weights.save(model, out_dir / "final.safetensors", fp16=False,
+                     metadata={"train_config": json.dumps(dataclasses.asdict(cfg)), "data": ", ".join(map(str, data_dirs)),
+                               "steps": cfg.steps, "init": init or "", "train_wall_s": f"{history['wall_s']:.0f}"})
+        plot_history(history, out_dir / "training.png")
+    return history
+
+
+def fit(model: SE4Lip, train_items: list[tuple[PreparedData, Clip]], val_items: list[tuple[PreparedData, Clip]],
+        cfg: TrainConfig, *, device=None, progress: bool = True, patience: int | None = None,
+        stop_at: int | None = None, checkpoint=None, state: dict | None = None, where: str = "") -> dict:
+    """Train ``model`` in place on the windows of ``train_items``, validating sync on ``val_items``.
+
+    Every ``cfg.val_every`` steps (and at the last) the held-out sync (:func:`validate`) is measured. With
+    ``patience``, the model's sync is measured before the first step too, the state of the best validation
+    (accuracy, ties broken by mean confidence) is kept, the run ends after ``patience`` validations without
+    a better one, and the model is left with the best state (the start's, when no step improved on it):
+    fine-tuning's early stopping.
+
+    Parameters
+    ----------
+    model : an :class:`SE4Lip` (its design and lip crops must match the data's)
+    train_items, val_items : (dataset, clip) pairs to train on and to validate on
+    cfg : the recipe; ``cfg.steps`` spans the learning-rate schedule
+    stop_at : end at this step (the schedule still spans ``cfg.steps``), with a checkpoint
+    checkpoint : ``checkpoint(payload)`` stores the run's state (rank 0), every ``cfg.ckpt_every_s`` seconds
+        and at the end; None: nothing is stored
+    state : a payload of ``checkpoint`` (:func:`load_checkpoint`) to resume from; where : what it is called
+        in errors
+
+    Returns
+    -------
+    dict, the history: per-step ``loss``/``bce``/``nce``/``consistency``, per-validation ``val_acc``,
+    ``val_exact``, ``val_conf``, ``wall_s`` (this run's training time, earlier slices included) and, with
+    ``patience``, ``best_step`` and ``before`` (the held-out summary before the first step)
+    """
+    from tqdm import tqdm
+
+    rank, world = _init_distributed()
+    if patience is not None and world > 1:
+        raise ValueError("early stopping (patience) runs in one process only")
+    device = _device(device)
+    data = train_items[0][0]
+    model_cfg = model.config
     if (data.meta["lip_height"], data.meta["lip_width"]) != (model_cfg.lip_height, model_cfg.lip_width):
-        raise ValueError(f"{data_dirs[0]}: lip crops are {data.meta['lip_height']}x{data.meta['lip_width']}, "
+        raise ValueError(f"{data.root}: lip crops are {data.meta['lip_height']}x{data.meta['lip_width']}, "
                          f"the model expects {model_cfg.lip_height}x{model_cfg.lip_width}")
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng([cfg.seed, rank])
-    history = {"step": [], "loss": [], "bce": [], "nce": [], "val_step": [], "val_acc": [], "val_exact": [],
-               "val_conf": [], "wall_s": 0.0}
+    history = {"step": [], "loss": [], "bce": [], "nce": [], "consistency": [], "val_step": [], "val_acc": [],
+               "val_exact": [], "val_conf": [], "wall_s": 0.0}
     step = 0
     if state is not None:
         try:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise ValueError(f"{ckpt_path}: does not match the model stored in it "
+            raise ValueError(f"{where}: does not match the model stored in it "
                              f"({' '.join(str(err).split())[:200]})") from err
         rng.bit_generator.state = state["rng"][rank] if world > 1 else state["rng"][0]
         torch.set_rng_state(state["torch_rng"])
-        history, step = {"wall_s": 0.0} | state["history"], state["step"]
-        log.info("resumed from %s at step %d", ckpt_path, step)
+        history, step = {"wall_s": 0.0, "consistency": []} | state["history"], state["step"]
+        log.info("resumed from %s at step %d", where, step)
+    best = None
+    if patience is not None:
+        history["before"] = validate(model, val_items)
+        best = {"score": _score(history["before"]), "step": 0, "state": copy.deepcopy(model.state_dict())}
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     sampler = WindowSampler(train_items, cfg, model_cfg)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
@@ -343,10 +387,11 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
             rng_states = [None] * world
             dist.all_gather_object(rng_states, rng.bit_generator.state)
         if rank == 0:
-            with atomic.replacing(ckpt_path) as (tmp,):
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                            "rng": rng_states, "torch_rng": torch.get_rng_state(), "history": history,
-                            "train_config": dataclasses.asdict(cfg), "model_config": model_cfg.to_dict()}, tmp)
+            checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                        "rng": rng_states, "torch_rng": torch.get_rng_state(), "history": history})
+
+    def stopped() -> str:
+        return f"the last checkpoint is {where}" if checkpoint and Path(where).is_file() else "no checkpoint was written"
 
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress or rank > 0)
     last_save = started = time.time()
@@ -363,20 +408,18 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
         loss = losses.total
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step + 1}: the loss is {loss.item()}; training stopped "
-                                     f"({_last_checkpoint(ckpt_path)}); lower --lr or raise --temperature")
+                                     f"({stopped()}); lower --lr or raise --temperature")
         opt.zero_grad(set_to_none=True)
         loss.backward()  # DistributedDataParallel averages the gradients across processes here
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         if not torch.isfinite(grad_norm):
             raise FloatingPointError(f"step {step + 1}: the gradient norm is {grad_norm.item()}; training stopped "
-                                     f"({_last_checkpoint(ckpt_path)}); lower --lr")
+                                     f"({stopped()}); lower --lr")
         opt.step()
         step += 1
         history["step"].append(step)
-        history["loss"].append(loss.item())
-        history["bce"].append(losses.bce.item())
-        history["nce"].append(losses.nce.item())
-        history.setdefault("consistency", []).append(losses.consistency.item())  # absent from checkpoints before it
+        for key in ("loss", "bce", "nce", "consistency"):
+            history[key].append(getattr(losses, "total" if key == "loss" else key).item())
         postfix = {"loss": f"{np.mean(history['loss'][-50:]):.3f}"}
         if history["val_acc"]:
             postfix["val_acc"] = f"{history['val_acc'][-1]:.3f}"
@@ -385,17 +428,19 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
         if step % cfg.val_every == 0 or step == cfg.steps:
             if rank == 0:
                 summary = validate(model, val_items)
+                for key, name in (("val_acc", "accuracy"), ("val_exact", "exact_accuracy"), ("val_conf", "mean_confidence")):
+                    history[key].append(summary[name])
                 history["val_step"].append(step)
-                history["val_acc"].append(summary["accuracy"])
-                history["val_exact"].append(summary["exact_accuracy"])
-                history.setdefault("val_conf", []).append(summary["mean_confidence"])
                 log.info("step %d: val sync accuracy %.3f (exact %.3f)", step, summary["accuracy"],
                          summary["exact_accuracy"])
-                if on_validation is not None and on_validation(step, summary, model):
-                    end = step  # early stop: checkpoint below, then leave the loop
+                if best is not None:
+                    if _score(summary) > best["score"]:
+                        best.update(score=_score(summary), step=step, state=copy.deepcopy(model.state_dict()))
+                    if (step - best["step"]) // cfg.val_every >= patience:
+                        end = step  # early stop: checkpoint below, then leave the loop
             if world > 1:
                 dist.barrier()
-        if time.time() - last_save > cfg.ckpt_every_s or step == end:
+        if checkpoint is not None and (time.time() - last_save > cfg.ckpt_every_s or step == end):
             history["wall_s"] = wall_before + time.time() - started
             save_checkpoint()
             last_save = time.time()
@@ -403,18 +448,26 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
                 log.info("step %d of %d, loss %.3f (mean of the last 50), checkpoint written", step, cfg.steps,
                          np.mean(history["loss"][-50:]))
     bar.close()
-    if rank == 0 and step == cfg.steps:
-        atomic.write_text(out_dir / "history.json", json.dumps(history))
-        model.eval()
-        weights.save(model, out_dir / "final.safetensors", fp16=False,
-                     metadata={"train_config": json.dumps(dataclasses.asdict(cfg)), "data": ", ".join(map(str, data_dirs)),
-                               "steps": step, "init": init or "", "train_wall_s": f"{history['wall_s']:.0f}"})
-        plot_history(history, out_dir / "training.png")
+    if checkpoint is None:  # else as stored with the last checkpoint
+        history["wall_s"] = wall_before + time.time() - started
+    if best is not None:
+        model.load_state_dict(best["state"])
+        history["best_step"] = best["step"]
+    model.eval()
     return history
 
 
-def _last_checkpoint(path: Path) -> str:
-    return f"the last checkpoint is {path}" if path.is_file() else "no checkpoint was written"
+def _score(summary: dict) -> tuple[float, float]:
+    """What early stopping maximises: held-out sync accuracy, ties broken by the mean confidence."""
+    return summary["accuracy"], summary["mean_confidence"]
+
+
+def _device(device) -> torch.device:
+    """The training device: the given one, else cuda where there is one; under torchrun, each process's GPU."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def _check_same_split(path: Path, val_ids: list[str]) -> None:
