@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from se4lip_features.cli import tool
+from se4lip_features.tool import tool
 
 from . import ernerf, gaussiantalker, instag, radnerf, synctalk, talkinggaussian
 from .engine import (

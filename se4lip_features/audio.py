@@ -455,3 +455,28 @@ def frame_count(n_samples: int, fps: float) -> int:
     """Video frames in ``n_samples`` of 16 kHz audio: round(duration * fps), halves rounded up."""
     # n * fps first: exact for whole fps, so 9280 samples at 25 fps are 14.5 frames -> 15, not 14.
     return math.floor(n_samples * fps / SAMPLE_RATE + 0.5)
+
+
+# ---------------------------------------------------------------------------------------- finding inputs
+
+
+def folder_files(folder: Path, suffixes) -> list[Path]:
+    """The files directly inside ``folder`` whose suffix is one of ``suffixes`` (any case), hidden ones skipped."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
+
+
+def media_files(inputs: list[Path], suffixes) -> list[Path]:
+    """Files given directly, and the files with one of ``suffixes`` directly inside the folders given."""
+    files = []
+    for item in inputs:
+        if item.is_dir():
+            found = folder_files(item, suffixes)
+            if not found:
+                raise FileNotFoundError(f"{item}: folder holds no {', '.join(sorted(suffixes))} files")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    return files

@@ -4,188 +4,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import logging
 import math
 import os
-import platform
-import re
 import shutil
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from tqdm import tqdm
 
 from . import audio, extract, frames, weights
+from .tool import error, fail, holding, setup_logging, tool, usage
 
 FEATURES_SUFFIX = "_se4lip.npy"  # aud.wav -> aud_se4lip.npy (+ aud_se4lip.json), like SyncTalk's aud_ds.npy
 MEDIA_SUFFIXES = audio.AUDIO_SUFFIXES | audio.VIDEO_SUFFIXES  # what a folder given as input is searched for
-
-
-def _error(prog: str, message: object) -> None:
-    """Report one problem as one line on stderr (printed above any progress bar)."""
-    tqdm.write(f"{prog}: {' '.join(str(message).split())}", file=sys.stderr)
-
-
-def _fail(prog: str, message: object) -> int:
-    """Report a fatal problem as one line on stderr; returns the exit status 1."""
-    _error(prog, message)
-    return 1
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGINT, SIGTERM or SIGHUP, raised where the program is so that ``finally`` blocks and atomic writers clean
-    up."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_stopped(signum, frame):
-    # An exception cannot unwind through a native module's initialisation (soxr's aborts the process): a signal
-    # arriving during an import is delivered again a moment later instead.
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
-            return
-        frame = frame.f_back
-    raise Stopped(signum)
-
-
-class _Stdout:
-    """sys.stdout while a tool runs: a reader that went away (``| head -1``) or a full disk (``> /dev/full``)
-    ends the printing, never the work; nothing is reported for it (the files written are the results)."""
-
-    def __init__(self, stream):
-        self.stream, self.lost = stream, False
-
-    def write(self, text: str) -> int:
-        if not self.lost:
-            try:
-                return self.stream.write(text)
-            except OSError:  # BrokenPipeError, ENOSPC
-                self._lose()
-        return len(text)
-
-    def flush(self) -> None:
-        if not self.lost:
-            try:
-                self.stream.flush()
-            except OSError:
-                self._lose()
-
-    def _lose(self) -> None:
-        self.lost = True
-        try:  # so that the interpreter's own flush at exit finds somewhere to write
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.stream.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, AttributeError):
-            pass
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-def tool(prog: str, training_env: bool = False):
-    """Decorate a ``main``: SIGINT (Ctrl-C), SIGTERM and SIGHUP end it with one line on stderr and the
-    conventional exit status 128 + signal number, with no temporary file left behind. A signal the tool was
-    started with ignored stays ignored (``nohup`` ignores SIGHUP, a shell's background job SIGINT).
-    With ``training_env``, an environment that lacks what the tool needs (:func:`tools_env_problem`) is
-    refused in one line before anything else."""
-    def wrap(main):
-        @functools.wraps(main)
-        def run(argv=None) -> int:
-            problem = tools_env_problem() if training_env else None
-            if problem:
-                return _fail(prog, problem)
-            previous = {}
-            if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-                previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS
-                            if signal.getsignal(sig) is not signal.SIG_IGN}
-            stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
-            try:
-                return main(argv)
-            except KeyboardInterrupt as err:
-                signum = getattr(err, "signum", signal.SIGINT)
-                _error(prog, f"stopped by {signal.Signals(signum).name}; no partial output was kept")
-                return 128 + signum
-            finally:
-                sys.stdout.flush()
-                sys.stdout = stdout
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-        return run
-    return wrap
-
-
-def _holding(prog: str, target: Path, run, *args) -> int:
-    """``run(*args)`` holding the exclusive lock on the output ``target``: a second tool writing it fails in one
-    line at once (it would otherwise replace or mix with the first one's output)."""
-    from . import atomic
-
-    try:
-        with atomic.exclusive(target):
-            return run(*args)
-    except atomic.Busy as err:
-        return _fail(prog, err)
-
-
-def _usage(prog: str, message: object) -> int:
-    """Report a bad argument as one line on stderr; returns the usage exit status 2."""
-    _error(prog, f"error: {message}")
-    return 2
-
-
-def tools_env_problem() -> str | None:
-    """What se4lip-prepare, se4lip-train and se4lip-eval need that this environment lacks, in one line; or None.
-
-    They need more than the renderers' old environments (Python 3.7/3.8, torch 1.12) hold: Python 3.9 (dict
-    union, argparse.BooleanOptionalAction, mediapipe's wheels) and torch 1.13 (torch.load(weights_only=)).
-    se4lip-extract and the adapters run there.
-    """
-    import torch
-
-    torch_version = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
-    if sys.version_info >= (3, 9) and torch_version >= (1, 13):
-        return None
-    return (f"needs Python >= 3.9 and torch >= 1.13 (this is Python {platform.python_version()} with torch "
-            f"{torch.__version__}); se4lip-extract and the renderer adapters work here")
-
-
-def _setup_logging(prog: str) -> None:
-    """INFO messages of the package (progress notes, warnings) to stderr, named by the tool (as its errors are),
-    for the long-running tools."""
-    logging.basicConfig(level=logging.INFO, format=f"{prog}: %(message)s")
-
-
-def _folder_files(folder: Path, suffixes) -> list[Path]:
-    """The files directly inside ``folder`` whose suffix is one of ``suffixes`` (any case), hidden ones skipped."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
-
-
-def _media_files(inputs: list[Path], suffixes) -> list[Path]:
-    """Files given directly, and the files with one of ``suffixes`` directly inside the folders given."""
-    files = []
-    for item in inputs:
-        if item.is_dir():
-            found = _folder_files(item, suffixes)
-            if not found:
-                raise FileNotFoundError(f"{item}: folder holds no {', '.join(sorted(suffixes))} files")
-            files += found
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"{item}: no such file or folder")
-    return files
 
 
 def _number(name: str, kind, ok, rule: str):
@@ -259,7 +92,7 @@ def extract_main(argv: list[str] | None = None) -> int:
     try:
         extractor = extract.load(args.weights, args.device, precision=args.precision)
     except (weights.WeightsError, ValueError) as err:
-        _error(parser.prog, err)
+        error(parser.prog, err)
         return 1
     tty = sys.stderr.isatty()  # progress bars only for a person watching, never in logs
     for source, target in tqdm(jobs, desc=parser.prog, unit="file", disable=not tty or len(jobs) < 2):
@@ -269,7 +102,7 @@ def extract_main(argv: list[str] | None = None) -> int:
                                         progress=tty and len(jobs) == 1)
         except (audio.AudioError, OSError, ValueError) as err:  # this input only (bad audio, output exists,
             # disk full, features that are not finite)
-            _error(parser.prog, err)
+            error(parser.prog, err)
             failed += 1
             continue
         tqdm.write(f"{target}: {meta['n_frames']} frames x {meta['window']} x {meta['dim']}", file=sys.stdout)
@@ -288,9 +121,9 @@ def _extract_jobs(inputs: list[Path], output: Path | None, prog: str) -> tuple[l
     sources: dict[Path, Path] = {}  # resolved -> as given, so a file named twice is extracted once
     for item in inputs:
         if item.is_dir():
-            found = _folder_files(item, MEDIA_SUFFIXES)
+            found = audio.folder_files(item, MEDIA_SUFFIXES)
             if not found:
-                _error(prog, f"{item}: folder holds no audio or video files (looked for "
+                error(prog, f"{item}: folder holds no audio or video files (looked for "
                              f"{', '.join(sorted(MEDIA_SUFFIXES))})")
                 failed += 1
             for path in found:
@@ -298,16 +131,16 @@ def _extract_jobs(inputs: list[Path], output: Path | None, prog: str) -> tuple[l
         elif item.exists():
             sources.setdefault(item.resolve(), item)
         else:
-            _error(prog, f"{item}: no such file or folder")
+            error(prog, f"{item}: no such file or folder")
             failed += 1
 
     several = len(inputs) > 1 or any(item.is_dir() for item in inputs)
     to_file = output is not None and output.suffix.lower() == ".npy"  # -o UP.NPY names a file, not a folder
     if to_file and several:
-        _error(prog, f"-o {output}: several inputs need a folder to write into, not a .npy file")
+        error(prog, f"-o {output}: several inputs need a folder to write into, not a .npy file")
         return [], failed + 1
     if output is not None and not to_file and output.exists() and not output.is_dir():
-        _error(prog, f"-o {output}: exists and is not a folder; name a .npy file or a folder")
+        error(prog, f"-o {output}: exists and is not a folder; name a .npy file or a folder")
         return [], failed + 1
 
     jobs: list[tuple[Path, Path]] = []
@@ -320,11 +153,11 @@ def _extract_jobs(inputs: list[Path], output: Path | None, prog: str) -> tuple[l
         else:
             target = output / (source.stem + FEATURES_SUFFIX)
         if target.resolve() == source.resolve():
-            _error(prog, f"{source}: would be overwritten by its own features; choose another -o")
+            error(prog, f"{source}: would be overwritten by its own features; choose another -o")
             failed += 1
             continue
         if target.resolve() in claimed:
-            _error(prog, f"{source}: its output {target} would also be written from {claimed[target.resolve()]}; "
+            error(prog, f"{source}: its output {target} would also be written from {claimed[target.resolve()]}; "
                          "rename one or extract them separately")
             failed += 1
             continue
@@ -360,35 +193,26 @@ def prepare_parser() -> argparse.ArgumentParser:
 def prepare_main(argv=None) -> int:
     parser = prepare_parser()
     args = parser.parse_args(argv)
-    return _holding(parser.prog, args.out, _prepare, parser, args)
+    return holding(parser.prog, args.out, _prepare, parser, args)
 
 
 def _prepare(parser, args) -> int:
-    _setup_logging(parser.prog)
+    setup_logging(parser.prog)
     from .training import data
 
     if args.out.exists() and not args.force:
-        return _fail(parser.prog, f"{args.out}: exists (use --force to replace it)")
+        return fail(parser.prog, f"{args.out}: exists (use --force to replace it)")
     if args.out.exists() and not data.is_prepared(args.out):
-        return _fail(parser.prog, f"{args.out}: exists and is not a dataset written by se4lip-prepare, so --force "
+        return fail(parser.prog, f"{args.out}: exists and is not a dataset written by se4lip-prepare, so --force "
                                   "does not replace it; remove it yourself or choose another -o")
     inside = [p for p in args.inputs if args.out.resolve() in (p.resolve(), *p.resolve().parents)]
     if inside:
-        return _fail(parser.prog, f"{inside[0]}: is inside the output folder {args.out}; choose another -o")
-    renderer = [p for p in args.inputs if (p / "aud.wav").is_file() and (p / "ori_imgs").is_dir()]
-    kw = {"fps": args.fps, "height": args.crop[0], "width": args.crop[1], "scale": args.crop_scale,
-          "segment_s": args.segment}
+        return fail(parser.prog, f"{inside[0]}: is inside the output folder {args.out}; choose another -o")
     try:
-        if renderer:
-            if len(renderer) != len(args.inputs) or len(renderer) > 1:
-                return _fail(parser.prog, "give one renderer data folder alone (its 68-point landmarks do not mix "
-                                          "with videos)")
-            meta = data.prepare_renderer_folder(renderer[0], args.out, **kw)
-        else:
-            meta = data.prepare_videos(_media_files(args.inputs, audio.VIDEO_SUFFIXES), args.out,
-                                       progress=sys.stderr.isatty(), **kw)
+        meta = data.prepare_inputs(args.inputs, args.out, fps=args.fps, height=args.crop[0], width=args.crop[1],
+                                   scale=args.crop_scale, segment_s=args.segment, progress=sys.stderr.isatty())
     except (OSError, ValueError, ImportError) as err:
-        return _fail(parser.prog, err)
+        return fail(parser.prog, err)
     clips = meta["clips"]
     print(f"{args.out}: {len(clips)} clips, {sum(c['n_frames'] for c in clips)} frames, "
           f"{sum(c['n_dropped'] for c in clips)} without a face (dropped from training)")
@@ -457,28 +281,28 @@ def train_main(argv=None) -> int:
     parser = train_parser()
     args = parser.parse_args(argv)
     out = args.out or args.data[0].with_name(args.data[0].name + "-se4lip-run")
-    return _holding(parser.prog, out, _train, parser, args, out)
+    return holding(parser.prog, out, _train, parser, args, out)
 
 
 def _train(parser, args, out: Path) -> int:
     from .model import ModelConfig
     from .training.train import TrainConfig, train
 
-    _setup_logging(parser.prog)
+    setup_logging(parser.prog)
     values = vars(args)
     try:
         cfg = _recipe(TrainConfig, values)
         model_cfg = ModelConfig(**{name: values[name] for name in MODEL_FLAGS})
     except ValueError as err:
-        return _usage(parser.prog, f"--{str(err).replace('_', '-')}")
+        return usage(parser.prog, f"--{str(err).replace('_', '-')}")
     if (out / "ckpt.pt").exists() and not args.resume:
-        return _fail(parser.prog, f"{out}: holds a checkpoint; pass --resume to continue it or -o for a new run")
+        return fail(parser.prog, f"{out}: holds a checkpoint; pass --resume to continue it or -o for a new run")
     if not args.resume and out.is_dir() and any(out.iterdir()):  # a finished run, or not a run at all
-        return _fail(parser.prog, f"{out}: exists and is not empty; a new run goes into a new or empty folder (-o)")
+        return fail(parser.prog, f"{out}: exists and is not empty; a new run goes into a new or empty folder (-o)")
     if out.exists() and not out.is_dir():
-        return _fail(parser.prog, f"-o {out}: exists and is not a folder")
+        return fail(parser.prog, f"-o {out}: exists and is not a folder")
     if args.resume and not (out / "ckpt.pt").is_file():
-        return _fail(parser.prog, f"{out / 'ckpt.pt'}: no checkpoint to resume; start the run without --resume")
+        return fail(parser.prog, f"{out / 'ckpt.pt'}: no checkpoint to resume; start the run without --resume")
     created = not out.exists()
     try:
         history = train(args.data, out, cfg, model_cfg, init=args.init, resume=args.resume, device=args.device,
@@ -486,7 +310,7 @@ def _train(parser, args, out: Path) -> int:
     except (OSError, ValueError, weights.WeightsError, FloatingPointError) as err:
         if created and out.is_dir() and set(os.listdir(out)) <= {"split.json"}:  # nothing of the run to keep
             shutil.rmtree(out)
-        return _fail(parser.prog, err)
+        return fail(parser.prog, err)
     done = (out / "final.safetensors").exists() and history["step"][-1] == cfg.steps
     accuracy = f", validation sync accuracy {history['val_acc'][-1]:.3f}" if history["val_acc"] else ""
     print(f"{out}: step {history['step'][-1]} of {cfg.steps}{accuracy}; "
@@ -509,28 +333,28 @@ def eval_parser() -> argparse.ArgumentParser:
     _add_precision_flag(sync)
     sync.add_argument("-o", "--out", dest="out_text", help="JSON output (default: stdout)")
     sync.add_argument("--plot", type=Path, help="folder for one distance-vs-shift PNG per clip")
-    sub.add_parser("lmd", add_help=False,
-                   help="renderer-proxy landmark probe: LMD and mouth-opening r of feature types on held-out clips "
-                        "(se4lip-eval lmd --help)")
+    _add_lmd_arguments(sub.add_parser(
+        "lmd", help="renderer-proxy landmark probe: LMD and mouth-opening r of feature types on held-out clips",
+        description="Renderer-proxy landmark probe: how well a renderer's audio path predicts mouth landmarks "
+                    "from each feature type."))
     return parser
 
 
 @tool("se4lip-eval", training_env=True)
 def eval_main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["lmd"]:  # the landmark probe has its own parser: its options are not sync's
-        return _eval_lmd(lmd_parser().parse_args(argv[1:]))
     args = eval_parser().parse_args(argv)
+    if args.command == "lmd":
+        return _eval_lmd(args)
     args.out = Path(args.out_text) if args.out_text else None
-    _setup_logging("se4lip-eval")
-    return _eval_sync(args)  # sync is the one subcommand this parser has; lmd has its own above
+    setup_logging("se4lip-eval")
+    return _eval_sync(args)
 
 
 def _eval_sync(args) -> int:
     import tempfile
 
     from . import atomic, evaluate
-    from .training.data import PreparedData, prepare_videos, read_ids
+    from .training.data import open_inputs, read_ids
 
     # Every argument is checked before any work, so results are never computed and then lost.
     wanted = None
@@ -538,47 +362,34 @@ def _eval_sync(args) -> int:
         try:
             wanted = read_ids(args.ids)
         except (OSError, ValueError) as err:
-            return _fail("se4lip-eval", f"--ids {err}")
+            return fail("se4lip-eval", f"--ids {err}")
     if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
-        return _fail("se4lip-eval", f"-o {args.out}: " + ("is a folder; name the JSON file to write"
+        return fail("se4lip-eval", f"-o {args.out}: " + ("is a folder; name the JSON file to write"
                                                            if args.out.is_dir() else "its folder does not exist"))
     if args.out is not None and args.out_text.endswith(os.sep):  # Path("new/") drops the slash: a folder was meant
-        return _fail("se4lip-eval", f"-o {args.out_text}: names a folder; name the JSON file to write")
+        return fail("se4lip-eval", f"-o {args.out_text}: names a folder; name the JSON file to write")
     if args.out is not None and not os.access(args.out.parent, os.W_OK):
-        return _fail("se4lip-eval", f"-o {args.out}: its folder is not writable")
+        return fail("se4lip-eval", f"-o {args.out}: its folder is not writable")
     if args.plot is not None and args.plot.exists() and not args.plot.is_dir():
-        return _fail("se4lip-eval", f"--plot {args.plot}: exists and is not a folder")
+        return fail("se4lip-eval", f"--plot {args.plot}: exists and is not a folder")
     if args.plot is not None:
         existing = next(p for p in (args.plot, *args.plot.parents) if p.exists())
         if not os.access(existing, os.W_OK):
-            return _fail("se4lip-eval", f"--plot {args.plot}: {existing} is not writable")
+            return fail("se4lip-eval", f"--plot {args.plot}: {existing} is not writable")
     try:
         extractor = extract.load(args.weights, args.device, precision=args.precision)
     except (weights.WeightsError, ValueError) as err:
-        return _fail("se4lip-eval", err)
-    model, cfg = extractor.model, extractor.config
+        return fail("se4lip-eval", err)
+    cfg = extractor.config
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            if len(args.inputs) == 1 and (args.inputs[0] / "meta.json").is_file():
-                data = PreparedData(args.inputs[0])
-            else:
-                prepare_videos(_media_files(args.inputs, audio.VIDEO_SUFFIXES), Path(tmp) / "data", fps=cfg.fps,
-                               height=cfg.lip_height, width=cfg.lip_width, scale=cfg.lip_crop_scale, segment_s=None,
+            data = open_inputs(args.inputs, Path(tmp) / "data", fps=cfg.fps, height=cfg.lip_height,
+                               width=cfg.lip_width, scale=cfg.lip_crop_scale, segment_s=None,
                                progress=sys.stderr.isatty())
-                data = PreparedData(Path(tmp) / "data")
+            clips = data.clips if wanted is None else data.select(wanted, f"--ids {args.ids}")
         except (OSError, ValueError, ImportError) as err:
-            return _fail("se4lip-eval", err)
-        clips = data.clips
-        if wanted is not None:
-            clips = [c for c in clips if c.id in wanted]
-            unknown = sorted(wanted - {c.id for c in clips})
-            if clips and unknown:
-                return _fail("se4lip-eval", f"--ids {args.ids}: {len(unknown)} of its {len(wanted)} ids are not clips "
-                                            f"of {data.root} (e.g. {unknown[0]}); give only the dataset's clips")
-            if not clips:
-                return _fail("se4lip-eval", f"--ids {args.ids}: none of its {len(wanted)} ids is a clip of "
-                                            f"{data.root} ({len(data.clips)} clips)")
-        sync = evaluate.sync_set(model, evaluate.dataset_clips(data, clips), data.fps, embed=extractor.embed,
+            return fail("se4lip-eval", err)
+        sync = evaluate.sync_set(extractor.model, evaluate.dataset_clips(data, clips), data.fps, embed=extractor.embed,
                                  progress=sys.stderr.isatty())
     results = sync["clips"]
     report = {"weights": extractor.name, "weights_sha256": extractor.sha256, "precision": args.precision,
@@ -605,11 +416,9 @@ def _eval_sync(args) -> int:
     return 0
 
 
-def lmd_parser() -> argparse.ArgumentParser:
+def _add_lmd_arguments(p: argparse.ArgumentParser) -> None:
     from .analysis.probe import ProbeConfig
 
-    p = argparse.ArgumentParser(prog="se4lip-eval lmd", description="Renderer-proxy landmark probe: how well a "
-                                "renderer's audio path predicts mouth landmarks from each feature type.")
     p.add_argument("data", type=Path, help="prepared dataset folder (se4lip-prepare)")
     p.add_argument("features", nargs="+",
                    help="feature types: log-mel, mfcc, stft, whisper-tiny.en (the whisper extra), SE4Lip weights "
@@ -623,7 +432,6 @@ def lmd_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads")
     _add_precision_flag(p)
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing probe.json")
-    return p
 
 
 def _eval_lmd(args) -> int:
@@ -634,12 +442,12 @@ def _eval_lmd(args) -> int:
 
     prog = "se4lip-eval lmd"
     if args.out.exists() and not args.out.is_dir():
-        return _fail(prog, f"-o {args.out}: exists and is not a folder")
+        return fail(prog, f"-o {args.out}: exists and is not a folder")
     if (args.out / "probe.json").exists() and not args.force:
-        return _fail(prog, f"{args.out / 'probe.json'}: exists (use -f to overwrite)")
+        return fail(prog, f"{args.out / 'probe.json'}: exists (use -f to overwrite)")
     if args.split is not None and not args.split.is_file():
-        return _fail(prog, f"--split {args.split}: no such file")
-    _setup_logging(prog)
+        return fail(prog, f"--split {args.split}: no such file")
+    setup_logging(prog)
     torch.set_num_threads(args.threads)
     try:
         data = PreparedData(args.data)
@@ -648,7 +456,7 @@ def _eval_lmd(args) -> int:
         specs = [(label, ex) for label, (_, ex) in zip(labels, specs)]
         train, held = probe.split_clips(data, args.val_clips, args.split_seed, args.split)
     except (OSError, ValueError, RuntimeError, ImportError) as err:
-        return _fail(prog, err)
+        return fail(prog, err)
     cfg = probe.ProbeConfig(steps=args.steps)
     targets = probe.Targets.from_data(data, cfg.ref_eye_px)
     banks = (probe.FeatureBank.build(label, ex, data, progress=sys.stderr.isatty()) for label, ex in specs)
@@ -704,7 +512,7 @@ def finetune_parser() -> argparse.ArgumentParser:
 def finetune_main(argv=None) -> int:
     parser = finetune_parser()
     args = parser.parse_args(argv)
-    return _holding(parser.prog, args.out, _finetune, parser, args)
+    return holding(parser.prog, args.out, _finetune, parser, args)
 
 
 def _finetune(parser, args) -> int:
@@ -712,27 +520,27 @@ def _finetune(parser, args) -> int:
 
     prog = parser.prog
     if args.out.suffix != ".safetensors":
-        return _fail(prog, f"-o {args.out}: name a .safetensors file")
+        return fail(prog, f"-o {args.out}: name a .safetensors file")
     if args.out.stem in weights.REGISTRY:  # a file named like a release must be that release to load
-        return _fail(prog, f"-o {args.out}: {args.out.stem} is a released name, which only its own file may carry; "
+        return fail(prog, f"-o {args.out}: {args.out.stem} is a released name, which only its own file may carry; "
                            "name your fine-tuned weights otherwise")
     for target in (args.out, report_path(args.out)):
         if target.exists() and not args.force:
-            return _fail(prog, f"{target}: exists (use --force to replace it)")
+            return fail(prog, f"{target}: exists (use --force to replace it)")
     if not args.input.exists():
-        return _fail(prog, f"{args.input}: no such file or folder")
+        return fail(prog, f"{args.input}: no such file or folder")
     try:
         cfg = FinetuneConfig(steps=args.steps, holdout=args.holdout, segment_s=args.segment, patience=args.patience,
                              train=dataclasses.replace(RECIPE, val_every=args.eval_every, lr=args.lr, bf16=args.bf16))
         weights.resolve(args.init)
     except (ValueError, weights.WeightsError) as err:
-        return _fail(prog, err)
-    _setup_logging(prog)
+        return fail(prog, err)
+    setup_logging(prog)
     try:
         report = finetune(args.input, args.out, cfg, init=args.init, work=args.work, device=args.device,
                           progress=sys.stderr.isatty())
     except (OSError, ValueError, ImportError, weights.WeightsError) as err:
-        return _fail(prog, err)
+        return fail(prog, err)
     rows = [("sync accuracy (|offset| <= 1)", "accuracy"), ("exact (offset = 0)", "exact_accuracy"),
             ("mean confidence", "mean_confidence"), ("frame-level within 1", "frame_within1")]
     s, st = report["split"], report["steps"]

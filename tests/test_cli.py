@@ -12,6 +12,7 @@ import soundfile
 import torch
 from conftest import SPEECH, TINY_MODEL, needs_av
 
+import se4lip_features
 from se4lip_features import weights
 from se4lip_features.cli import eval_main, extract_main, prepare_main, train_main
 
@@ -287,3 +288,24 @@ def test_training_tools_say_in_one_line_what_an_old_environment_lacks(main, prog
     assert out == ""
     assert re.fullmatch(rf"{prog}: needs Python >= 3\.9 and torch >= 1\.13 \(this is Python 3\.\d+\.\d+\S* with "
                         r"torch 1\.12\.1\); se4lip-extract and the renderer adapters work here\n", err), err
+
+
+def test_patcher_and_tool_runner_start_without_torch():
+    # se4lip-patch is a text patcher: it starts where torch is broken or absent (the package's API loads on use)
+    code = ("import sys, se4lip_features.adapters.patch, se4lip_features.tool; "
+            "assert 'torch' not in sys.modules, 'torch imported'; import se4lip_features as s; s.load; "
+            "assert 'torch' in sys.modules; assert set(s.__all__) <= set(dir(s)); print(s.__version__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert (done.returncode, done.stderr, done.stdout.strip()) == (0, "", se4lip_features.__version__)
+
+
+def test_every_eval_subcommand_is_a_subparser(capsys):
+    from se4lip_features.cli import eval_parser
+
+    args = eval_parser().parse_args(["lmd", "data", "log-mel", "whisper-tiny.en", "-o", "probe", "--seeds", "3"])
+    assert (args.command, args.features, args.seeds) == ("lmd", ["log-mel", "whisper-tiny.en"], [3])
+    with pytest.raises(SystemExit):
+        eval_parser().parse_args(["lmd", "--help"])
+    assert "usage: se4lip-eval lmd" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # lmd's options are not sync's
+        eval_parser().parse_args(["sync", "a.mp4", "--seeds", "3"])

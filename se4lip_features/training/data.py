@@ -186,6 +186,34 @@ def clip_ids(videos: list[Path]) -> list[str]:
     return ids
 
 
+def is_renderer_folder(path: Path) -> bool:
+    """Whether ``path`` is a SyncTalk/TalkingGaussian-style data folder: ``aud.wav`` beside ``ori_imgs/``."""
+    return (Path(path) / "aud.wav").is_file() and (Path(path) / "ori_imgs").is_dir()
+
+
+def prepare_inputs(inputs: list[Path], out: Path, *, detector=None, progress: bool = True, **crops) -> dict:
+    """Prepare what a user gives: one renderer data folder alone (:func:`prepare_renderer_folder`), or videos
+    and folders of videos (:func:`prepare_videos`); ``crops`` are their fps, height, width, scale, segment_s."""
+    inputs = [Path(p) for p in inputs]
+    renderer = [p for p in inputs if is_renderer_folder(p)]
+    if renderer:
+        if len(inputs) > 1:
+            raise ValueError("give one renderer data folder alone (its 68-point landmarks do not mix with videos)")
+        return prepare_renderer_folder(renderer[0], out, **crops)
+    return prepare_videos(audio.media_files(inputs, audio.VIDEO_SUFFIXES), out, detector=detector, progress=progress,
+                          **crops)
+
+
+def open_inputs(inputs: list[Path], work: Path, *, detector=None, progress: bool = True, **crops) -> PreparedData:
+    """The dataset of what a user gives: a prepared dataset folder given alone, as it is; anything else prepared
+    into ``work`` first (:func:`prepare_inputs`)."""
+    inputs = [Path(p) for p in inputs]
+    if len(inputs) == 1 and (inputs[0] / "meta.json").is_file():
+        return PreparedData(inputs[0])
+    prepare_inputs(inputs, work, detector=detector, progress=progress, **crops)
+    return PreparedData(work)
+
+
 def prepare_videos(videos, out: Path, *, fps=25.0, height=48, width=96, scale=1.2, segment_s=10.0,
                    detector=None, progress=True) -> dict:
     """Prepare talking-head videos (any container and rate) with facial landmarks.
@@ -339,6 +367,17 @@ class PreparedData:
 
     def clip_valid(self, clip: Clip) -> np.ndarray:
         return self.valid[clip.frame_start: clip.frame_start + clip.n_frames]
+
+    def select(self, ids: set[str], source: str) -> list[Clip]:
+        """The clips named by ``ids`` (from ``source``, named in errors), in dataset order: every id must be one."""
+        clips = [c for c in self.clips if c.id in ids]
+        if not clips:
+            raise ValueError(f"{source}: none of its {len(ids)} ids is a clip of {self.root} ({len(self.clips)} clips)")
+        unknown = sorted(ids - {c.id for c in clips})
+        if unknown:
+            raise ValueError(f"{source}: {len(unknown)} of its {len(ids)} ids are not clips of {self.root} "
+                             f"(e.g. {unknown[0]}); give only the dataset's clips")
+        return clips
 
     def split(self, n_val: int, seed: int = 0) -> tuple[list[Clip], list[Clip]]:
         """Train/validation split by clip (utterance), never by frame; the same for a given seed."""

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .. import atomic, evaluate, weights
-from .data import PreparedData, prepare_renderer_folder, prepare_videos
+from .data import PreparedData, open_inputs
 from .train import TrainConfig, fit, validate
 
 log = logging.getLogger(__name__)
@@ -73,23 +73,6 @@ def tail_split(data: PreparedData, holdout: float):
     return train_clips, held
 
 
-def prepare(source: Path, out: Path, model_cfg, segment_s: float, detector=None, progress: bool = True) -> Path:
-    """The prepared dataset of ``source``: a prepared folder as it is, a renderer data folder or a video."""
-    source = Path(source)
-    crops = {"fps": model_cfg.fps, "height": model_cfg.lip_height, "width": model_cfg.lip_width,
-             "scale": model_cfg.lip_crop_scale, "segment_s": segment_s}
-    if (source / "meta.json").is_file():
-        return source
-    if (source / "aud.wav").is_file() and (source / "ori_imgs").is_dir():
-        prepare_renderer_folder(source, out, **crops)
-    elif source.is_file():
-        prepare_videos([source], out, detector=detector, progress=progress, **crops)
-    else:
-        raise FileNotFoundError(f"{source}: not a video, a renderer data folder (aud.wav + ori_imgs/) or a "
-                                "prepared dataset (meta.json)")
-    return out
-
-
 def _scorable(valid, half: int) -> bool:
     """Whether clip_sync gives a clip a verdict: long enough for its least search, with a full lip window."""
     return len(valid) >= 5 * evaluate.MIN_SHIFT and bool(evaluate.lip_windows(valid, half).any())
@@ -118,9 +101,10 @@ def finetune(source, out, cfg: FinetuneConfig | None = None, *, init: str | None
     model, info = weights.load(init)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-finetune-") as tmp:
-        data_dir = prepare(source, Path(work or tmp) / "data", model.config, cfg.segment_s, detector, progress)
+        c = model.config
+        data = open_inputs([source], Path(work or tmp) / "data", fps=c.fps, height=c.lip_height, width=c.lip_width,
+                           scale=c.lip_crop_scale, segment_s=cfg.segment_s, detector=detector, progress=progress)
         prepare_s = time.perf_counter() - t0
-        data = PreparedData(data_dir)
         train_clips, held = tail_split(data, cfg.holdout)
         train_s = sum(c.n_frames for c in train_clips) / data.fps
         steps = cfg.steps or steps_for(train_s)
