@@ -31,7 +31,8 @@ def describe(*, dim: int, layout: str, window: int, fps: float, n_frames: int, w
 
 
 def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
+    """SHA-256 of a file, read in 1 MiB chunks: the package's one file hash (weights checks, sidecars, and the
+    adapters' stale-audio check in a patched checkout, which has this file but not the package)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

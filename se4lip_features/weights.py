@@ -11,7 +11,7 @@ import torch
 
 from . import atomic
 from .model import ModelConfig, SE4Lip
-from .sidecar import sha256_file  # weights.sha256_file is used here and by callers
+from .sidecar import sha256_file
 
 FORMAT = "se4lip-weights/1"
 

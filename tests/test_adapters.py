@@ -273,7 +273,7 @@ def test_concurrent_extractions_leave_one_whole_pair(data, default_weights):
     assert sorted(p.name for p in data.iterdir() if p.name.startswith(("aud_se4lip", ".aud_se4lip"))) == [
         "aud_se4lip.json", "aud_se4lip.npy"]  # no temporaries left
     feats, meta = common.read_features(data / "aud_se4lip.npy")
-    assert meta["audio_sha256"] == weights.sha256_file(data / "aud.wav") and feats.shape == (N_FRAMES, 16, DIM)
+    assert meta["audio_sha256"] == sidecar.sha256_file(data / "aud.wav") and feats.shape == (N_FRAMES, 16, DIM)
 
 
 def test_the_sidecar_is_in_place_before_the_features(data, default_weights, monkeypatch):

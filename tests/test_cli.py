@@ -13,7 +13,7 @@ import torch
 from conftest import SPEECH, TINY_MODEL, needs_av
 
 import se4lip_features
-from se4lip_features import weights
+from se4lip_features import sidecar, weights
 from se4lip_features.cli import eval_main, extract_main, prepare_main, train_main
 
 PROG = "se4lip-extract"
@@ -46,8 +46,8 @@ def test_one_file_beside_its_input(cli, tmp_path, extractor, speech, tiny_weight
     assert np.load(tmp_path / "aud_se4lip.npy").tobytes() == extractor.extract(*speech).tobytes()
     side = json.loads((tmp_path / "aud_se4lip.json").read_text())
     assert (side["dim"], side["layout"], side["window"], side["fps"], side["n_frames"]) == (32, "ds", 16, 25.0, 30)
-    assert side["weights"] == "tiny" and side["weights_sha256"] == weights.sha256_file(tiny_weights)
-    assert side["audio_sha256"] == weights.sha256_file(SPEECH)
+    assert side["weights"] == "tiny" and side["weights_sha256"] == sidecar.sha256_file(tiny_weights)
+    assert side["audio_sha256"] == sidecar.sha256_file(SPEECH)
 
 
 def test_output_file_and_options(cli, tmp_path, extractor, speech):

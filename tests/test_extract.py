@@ -13,7 +13,7 @@ from conftest import DATA, SPEECH, TINY_MODEL
 import se4lip_features
 from se4lip_features import __version__, audio, extract, sidecar
 from se4lip_features.audio import AudioError
-from se4lip_features.weights import sha256_file
+from se4lip_features.sidecar import sha256_file
 
 GOLDEN_ROWS = [0, 1, 15, 29]  # first, second, middle and last of the clip's 30 frames at 25 fps
 GOLDEN_CHANNELS = 8

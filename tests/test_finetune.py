@@ -74,7 +74,7 @@ def test_fit_refuses_segments_too_short_for_a_lip_run(grid_dataset):
 
 @needs_av
 def test_finetune_a_video_holds_out_its_end_and_keeps_the_best(tmp_path, tiny_weights):
-    from se4lip_features import weights
+    from se4lip_features import sidecar, weights
     from se4lip_features.training.data import PreparedData
     from se4lip_features.training.finetune import finetune, report_path, tail_split
     from se4lip_features.training.train import validate
@@ -96,7 +96,7 @@ def test_finetune_a_video_holds_out_its_end_and_keeps_the_best(tmp_path, tiny_we
     st = report["steps"]
     assert st["run"] == min(3, st["best"] + 1) and st["best"] in (0, *report["validation"]["step"])
     info = weights.load(out)[1]
-    assert info["init_sha256"] == weights.sha256_file(tiny_weights)
+    assert info["init_sha256"] == sidecar.sha256_file(tiny_weights)
     assert info["best_step"] == str(report["steps"]["best"])
     scored = [(data, c) for c in held[:1]]  # the figures are the held-out sync of the weights before and after
     assert report["before"] == validate(weights.load(tiny_weights)[0], scored)

@@ -20,7 +20,7 @@ import torch
 from conftest import CLIPS, GRID, SPEECH, ReplayDetector, needs_av, tiny_model
 from se4lip_features.adapters import patch
 
-from se4lip_features import atomic, extract, weights
+from se4lip_features import atomic, extract, sidecar, weights
 from se4lip_features.cli import eval_main, extract_main, finetune_main, prepare_main, train_main
 
 TINY_RECIPE = ["--clips-per-batch", "2", "--lip-span", "4", "--speech-margin", "3", "--val-clips", "2",
@@ -499,7 +499,7 @@ def test_two_writers_of_one_output_never_mix(tmp_path, tiny_weights, extractor):
         assert [p.returncode for p in procs] == [0, 0], results
         meta = json.loads(out.with_suffix(".json").read_text())
         source = {"a.wav": a, "b.wav": b}[meta["audio"]]
-        assert meta["audio_sha256"] == weights.sha256_file(source)
+        assert meta["audio_sha256"] == sidecar.sha256_file(source)
         np.testing.assert_array_equal(np.load(out), extractor.extract(*soundfile.read(source, dtype="float32")))
         assert files(tmp_path) == ["a.wav", "b.wav", "out.json", "out.npy"]
 
@@ -726,7 +726,7 @@ def test_two_extractions_into_one_output_never_both_succeed(tmp_path, tiny_weigh
     assert loser.strip().endswith(f"{out / 'x_se4lip.npy'}: exists (use --force to overwrite)"), loser
     winner = "ab"[[p.returncode for p in procs].index(0)]
     meta = json.loads((out / "x_se4lip.json").read_text())
-    assert meta["audio_sha256"] == weights.sha256_file(tmp_path / winner / "x.wav")
+    assert meta["audio_sha256"] == sidecar.sha256_file(tmp_path / winner / "x.wav")
 
 
 @pytest.mark.parametrize("tool", ["prepare", "train", "finetune"])

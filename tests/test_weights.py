@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import se4lip_features
-from se4lip_features import audio, available_models, extract, frames, weights
+from se4lip_features import audio, available_models, extract, frames, sidecar, weights
 from se4lip_features.weights import WeightsError
 
 RELEASED = "se4lip-test-v1"
@@ -29,7 +29,7 @@ def registry(tmp_path, tiny_weights, monkeypatch):
     bundled = tmp_path / "bundled"
     bundled.mkdir()
     shutil.copy(tiny_weights, bundled / f"{RELEASED}.safetensors")
-    monkeypatch.setattr(weights, "REGISTRY", {RELEASED: weights.sha256_file(tiny_weights)})
+    monkeypatch.setattr(weights, "REGISTRY", {RELEASED: sidecar.sha256_file(tiny_weights)})
     monkeypatch.setattr(weights, "_bundled", lambda name: bundled / f"{name}.safetensors")
     return bundled
 
@@ -46,7 +46,7 @@ def test_round_trip_keeps_every_tensor_and_the_config(tmp_path):
     assert loaded.config == TINY_MODEL and not loaded.training
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
-    assert info["name"] == "w" and info["sha256"] == digest == weights.sha256_file(tmp_path / "w.safetensors")
+    assert info["name"] == "w" and info["sha256"] == digest == sidecar.sha256_file(tmp_path / "w.safetensors")
     assert info["steps"] == "5000"  # extra metadata is kept, as text
     (tmp_path / "plain").write_text("")  # the file has the mode of any new file (the umask's), not 0600
     assert (tmp_path / "w.safetensors").stat().st_mode == (tmp_path / "plain").stat().st_mode
@@ -220,7 +220,7 @@ def test_hub_weights_come_from_the_cache(offline_hub, tiny_weights, suffix):
     path, name = weights.resolve(f"hf://owner/repo/sub/tiny.safetensors{suffix}")
     assert path == cached and name == "tiny"
     enc = extract.load(f"hf://owner/repo/sub/tiny.safetensors{suffix}", device="cpu")
-    assert enc.sha256 == weights.sha256_file(tiny_weights)
+    assert enc.sha256 == sidecar.sha256_file(tiny_weights)
 
 
 def test_hub_without_a_cached_copy_fails_fast(offline_hub, tiny_weights):
@@ -248,7 +248,7 @@ def test_hub_cache_from_the_environment_of_a_new_process(tmp_path, tiny_weights)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                           check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == weights.sha256_file(tiny_weights)
+    assert done.stdout.strip() == sidecar.sha256_file(tiny_weights)
 
 
 # Released names -> (front end, speech encoder); names are never re-pointed, so these never change.
@@ -266,7 +266,7 @@ def test_shipped_weights_load_offline_and_match_the_registry(name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     enc = se4lip_features.load(name, device="cpu")
     assert (enc.name, enc.dim) == (name, 512)
-    assert enc.sha256 == weights.REGISTRY[name] == weights.sha256_file(weights.resolve(name)[0])
+    assert enc.sha256 == weights.REGISTRY[name] == sidecar.sha256_file(weights.resolve(name)[0])
     assert (enc.config.front_end, enc.config.speech_encoder) == SHIPPED[name]
     assert (enc.config.lip_height, enc.config.lip_width) == (48, 96)
     wav, sr = soundfile.read(SPEECH, dtype="float32")
