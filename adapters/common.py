@@ -342,8 +342,8 @@ def guard_audio_net(audio_net, reference: dict, flag: str, features: str | Path)
                     "re-extract it with the training weights (se4lip-extract --weights ... --force)")
         else:
             hint = f"pass the {flag} value it was trained with"
-        raise CheckpointError(f"this checkpoint's audio network was trained on {describe_audio_net(incoming)}, but this "
-                              f"model is built for {describe_audio_net(own)}; {hint}")
+        raise CheckpointError(f"this checkpoint's audio network was trained on {describe_audio_net(incoming)}, "
+                              f"but this model is built for {describe_audio_net(own)}; {hint}")
 
     # the private form: torch 1.12, which both renderers pin, has no public register_load_state_dict_pre_hook
     audio_net._register_load_state_dict_pre_hook(check)

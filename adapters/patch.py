@@ -46,7 +46,8 @@ def runtime_files() -> dict[str, bytes]:
     from se4lip_features.version import __version__
 
     here = Path(__file__).parent
-    files = {"__init__.py": (f'"""SE4Lip adapters written by se4lip-patch (se4lip-features {__version__}, MIT licence).\n\n'
+    files = {"__init__.py": ('"""SE4Lip adapters written by se4lip-patch '
+                             f'(se4lip-features {__version__}, MIT licence).\n\n'
                              "The patched lines import them from here when se4lip_features is not importable: they "
                              "read features with\nnumpy alone and run se4lip-extract ($SE4LIP_EXTRACT or PATH) to "
                              "extract. Do not edit; `se4lip-patch RENDERER\nPATH --revert` removes this folder.\n"

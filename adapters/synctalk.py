@@ -43,9 +43,11 @@ RENDERER = engine.Renderer("ZiqiaoPeng/SyncTalk", "d2427a3d7301234ca417ef7660aaf
                                                                        _LOAD), scope="class NeRFDataset:")
       for what, anchor in (
           ("the self-driven fallback to aud.npy in NeRFDataset.__init__",
-           ["                else:", "                    aud_features = np.load(os.path.join(self.root_path, 'aud.npy'))"]),
+           ["                else:",
+            "                    aud_features = np.load(os.path.join(self.root_path, 'aud.npy'))"]),
           ("the cross-driven np.load(self.opt.aud) in NeRFDataset.__init__",
-           ["                else:", "                    try:", "                        aud_features = np.load(self.opt.aud)"]),
+           ["                else:", "                    try:",
+            "                        aud_features = np.load(self.opt.aud)"]),
       )),
     nerf.live_edit("nerf_triplane", "synctalk"),
     insert_before(

@@ -73,7 +73,8 @@ def join_videos(videos: list[Path], out: Path, fps: float = 25.0) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", type=Path, default=Path("/work/shared/data/grid_s1/video"))
-    p.add_argument("--ids", type=Path, default=HERE / "quality" / "heldout.json", help="{'val': [ids]}: the held-out ids")
+    p.add_argument("--ids", type=Path, default=HERE / "quality" / "heldout.json",
+                   help="{'val': [ids]}: the held-out ids")
     p.add_argument("--side", choices=("held-out", "training"), default="held-out",
                    help="take the utterances from the held-out ids (in their order) or from the others (by name)")
     p.add_argument("--n-videos", type=int, default=40)

@@ -2,8 +2,8 @@
 
 All extractors run in one process, on the same audio (GRID s1 utterances concatenated to ``--seconds``),
 with the same thread count, and are timed after a warm-up; the figure is seconds of compute per second
-of audio (lower is faster), the best of ``--repeats`` runs taken in turns (see ``timed``). Writes ``speed.json`` (and ``speed.png``
-with matplotlib) into ``--out``.
+of audio (lower is faster), the best of ``--repeats`` runs taken in turns (see ``timed``). Writes
+``speed.json`` (and ``speed.png`` with matplotlib) into ``--out``.
 
 - SE4Lip: ``Extractor.extract`` (front end, windows, GRU, layout), fp32 and the bf16 fast path.
 - SE4Lip streaming: ``StreamingExtractor.push`` of 40 ms chunks on ONE thread, per pushed frame.
@@ -123,7 +123,8 @@ class ConvBlock(nn.Module):
 
     def __init__(self, c_in, c_out, kernel, stride, padding, residual=False):
         super().__init__()
-        self.conv, self.bn, self.residual = nn.Conv2d(c_in, c_out, kernel, stride, padding), nn.BatchNorm2d(c_out), residual
+        self.conv, self.bn = nn.Conv2d(c_in, c_out, kernel, stride, padding), nn.BatchNorm2d(c_out)
+        self.residual = residual
 
     def forward(self, x):
         y = self.bn(self.conv(x))

@@ -181,8 +181,8 @@ def main(argv=None) -> int:
     for threads in args.threads:
         torch.set_num_threads(threads)
         rates = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
-        print(f"\n{threads} thread(s): matmul 2048^3 {rates['fp32']:.0f} GFLOP/s fp32, {rates['bf16']:.0f} GFLOP/s bf16",
-              flush=True)
+        print(f"\n{threads} thread(s): matmul 2048^3 {rates['fp32']:.0f} GFLOP/s fp32, "
+              f"{rates['bf16']:.0f} GFLOP/s bf16", flush=True)
         for bf16 in (False, True):
             step = Step(fresh_model(), data, sampler, cfg)
             for _ in range(args.warmup):
@@ -213,7 +213,8 @@ def main(argv=None) -> int:
     loss32, grad32 = step.gradients(batch, bf16=False)
     loss16, grad16 = step.gradients(batch, bf16=True)
     numerics = {"loss_fp32": loss32, "loss_bf16": loss16,
-                "grad_cosine": float(grad32.double() @ grad16.double() / (grad32.double().norm() * grad16.double().norm())),
+                "grad_cosine": float(grad32.double() @ grad16.double()
+                                     / (grad32.double().norm() * grad16.double().norm())),
                 "grad_norm_ratio": float(grad16.norm() / grad32.norm())}
     print(f"same batch and weights: loss {loss32:.4f} fp32 vs {loss16:.4f} bf16; gradient cosine "
           f"{numerics['grad_cosine']:.4f}, norm ratio {numerics['grad_norm_ratio']:.3f}", flush=True)

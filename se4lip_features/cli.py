@@ -241,7 +241,8 @@ def train_parser() -> argparse.ArgumentParser:
     for field in _recipe_fields(TrainConfig):
         _add_field_flag(recipe, field)
     model = parser.add_argument_group("model (ignored with --init; lip crop size and fps come from the data); "
-                                      "the default is the default weights' Mel + CNN; --front-end stft --speech-encoder gru is the paper's design")
+                                      "the default is the default weights' Mel + CNN; "
+                                      "--front-end stft --speech-encoder gru is the paper's design")
     choices = {"front_end": FRONT_ENDS, "speech_encoder": SPEECH_ENCODERS}
     for field in dataclasses.fields(ModelConfig):
         if field.name in MODEL_FLAGS:
@@ -488,7 +489,8 @@ def finetune_parser() -> argparse.ArgumentParser:
                         help="a renderer data folder (aud.wav + ori_imgs/<i>.jpg + <i>.lms), a talking-head video, "
                              "or a dataset prepared by se4lip-prepare")
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT.safetensors", help="weights to write")
-    parser.add_argument("--init", help=f"starting weights: name, .safetensors or hf:// (default: {weights.DEFAULT_NAME})")
+    parser.add_argument("--init",
+                        help=f"starting weights: name, .safetensors or hf:// (default: {weights.DEFAULT_NAME})")
     parser.add_argument("--steps", type=_positive_int, help="training steps (default: from the video's length)")
     parser.add_argument("--holdout", type=_fraction, default=d.holdout,
                         help="share of the video held out, at its end (default: %(default)s)")
@@ -498,7 +500,8 @@ def finetune_parser() -> argparse.ArgumentParser:
                         help="steps between held-out evaluations (default: %(default)s)")
     parser.add_argument("--patience", type=_positive_int, default=d.patience, metavar="EVALS",
                         help="evaluations without improvement before stopping (default: %(default)s)")
-    parser.add_argument("--lr", type=_positive_float, default=d.train.lr, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--lr", type=_positive_float, default=d.train.lr,
+                        help="peak learning rate (default: %(default)s)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=d.train.bf16,
                         help="bf16 autocast (CPUs with AVX-512 BF16, and GPUs)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")

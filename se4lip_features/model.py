@@ -1,4 +1,4 @@
-"""The SE4Lip model: a speech encoder and a CNN lip encoder meeting in a 512-d cosine embedding space, and its losses."""
+"""The SE4Lip model: a speech encoder and a CNN lip encoder meeting in a 512-d cosine embedding space; its losses."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.window_frames < 1 or self.window_frames % 2 == 0:
-            raise ValueError(f"window_frames must be odd and positive (frames centred on one), got {self.window_frames}")
+            raise ValueError("window_frames must be odd and positive (frames centred on one), "
+                             f"got {self.window_frames}")
         if not (MIN_FPS <= self.fps <= MAX_FPS and 0 < self.lip_crop_scale < math.inf):
             raise ValueError(f"fps must be within {MIN_FPS:g}-{MAX_FPS:g} and lip_crop_scale positive and finite, "
                              f"got {self.fps}, {self.lip_crop_scale}")

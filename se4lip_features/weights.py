@@ -1,4 +1,4 @@
-"""Weights: the registry of released names, resolution (path, bundled, Hugging Face cache), integrity, safetensors I/O."""
+"""Weights: the registry of released names, resolution (path, bundled, Hugging Face cache), integrity, I/O."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from .sidecar import sha256_file
 
 FORMAT = "se4lip-weights/1"
 
-# Released weights: versioned names that are never re-pointed, each with the SHA-256 of its file.
+# Released weights: versioned names that are never re-pointed, each with the SHA-256 of its file
+# (what each is: weights/MODEL_CARD.md).
 REGISTRY: dict[str, str] = {
-    "se4lip-grid-s1-melcnn-v1": "393d685ab7a45600fd5193709c4b8ca80c87f5e73886dd3266fb7c06fb90d8b9",  # weights/MODEL_CARD.md
-    "se4lip-grid-s1-v1": "83366b7b6079a5b8cd5578e8db5d84507ce182449b1b767bca21ed1b93736268",  # weights/MODEL_CARD.md
-    "se4lip-gridlrw-melcnn-v1": "fc80f7354b68c2bfa12e330f6517115e4a1e957fc2215fb499b29d2e5cbaebf2",  # weights/MODEL_CARD.md
+    "se4lip-grid-s1-melcnn-v1": "393d685ab7a45600fd5193709c4b8ca80c87f5e73886dd3266fb7c06fb90d8b9",
+    "se4lip-grid-s1-v1": "83366b7b6079a5b8cd5578e8db5d84507ce182449b1b767bca21ed1b93736268",
+    "se4lip-gridlrw-melcnn-v1": "fc80f7354b68c2bfa12e330f6517115e4a1e957fc2215fb499b29d2e5cbaebf2",
 }
 # Chosen where users are (issue 20): on speakers, languages and recordings outside the training data (held-out
 # LRW-AR, the in-the-wild clips), not on GRID s1's own probe; until 0.4 the default was se4lip-grid-s1-melcnn-v1.

@@ -121,7 +121,8 @@ def talkinggaussian_window(data, feature):
     motion_net = importlib.import_module("scene.motion_net")
     readers = importlib.import_module("scene.dataset_readers")
     args = ns(source_path=str(data), audio="", audio_extractor=feature)
-    window = readers.readCamerasFromTransforms(str(data), "transforms_train.json", False, ".jpg", "", feature)[5]["auds"]
+    cameras = readers.readCamerasFromTransforms(str(data), "transforms_train.json", False, ".jpg", "", feature)
+    window = cameras[5]["auds"]
     encoded = [cls(args=args).encode_audio(window) for cls in (motion_net.MotionNetwork, motion_net.MouthMotionNetwork)]
     return window, encoded[1]
 
@@ -205,7 +206,8 @@ def test_se4lip_extract_of_another_environment_writes_the_same_bytes(checkout, d
 RENDERER_RUN = {
     "synctalk": ("import argparse, numpy, importlib; "
                  "opt = argparse.Namespace(path=DATA, aud='', asr=False, emb=False, preload=0, asr_model=FEATURE); "
-                 "window = importlib.import_module('nerf_triplane.provider').NeRFDataset(opt, 'cpu', 'train').window(5); "
+                 "window = importlib.import_module('nerf_triplane.provider')"
+                 ".NeRFDataset(opt, 'cpu', 'train').window(5); "
                  "importlib.import_module('nerf_triplane.network').NeRFNetwork(opt).encode_audio(window)"),
     "talkinggaussian": ("import argparse, numpy, importlib; "
                         "args = argparse.Namespace(source_path=DATA, audio='', audio_extractor=FEATURE); "
@@ -249,7 +251,8 @@ def test_renderer_environment_without_the_package(checkout, data, renderer, tmp_
     np.testing.assert_array_equal(window[0], feats[1].T)
     # ...the same features as this environment extracts itself (bit for bit in one environment; across
     # Python/torch versions within the golden test's 1e-4)
-    np.testing.assert_allclose(feats, extract.load().extract(audio.load_audio(data / "aud.wav"), audio.SAMPLE_RATE), atol=1e-4, rtol=0)
+    expected = extract.load().extract(audio.load_audio(data / "aud.wav"), audio.SAMPLE_RATE)
+    np.testing.assert_allclose(feats, expected, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("renderer", ALL)

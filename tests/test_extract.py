@@ -165,7 +165,8 @@ def test_extract_file_writes_features_and_sidecar(extractor, tiny_weights, speec
     assert json.loads((tmp_path / "sub" / "aud_se4lip.json").read_text()) == meta == {
         "dim": TINY_MODEL.embed_dim, "layout": "hubert", "window": 2, "fps": 30.0, "n_frames": 36,
         "scale": "unit-norm embedding x sqrt(dim)", "weights": "tiny", "weights_sha256": sha256_file(tiny_weights),
-        "weights_source": str(tiny_weights.resolve()), "precision": "fp32", "audio": "speech.wav", "audio_sha256": sha256_file(SPEECH), "version": __version__,
+        "weights_source": str(tiny_weights.resolve()), "precision": "fp32", "audio": "speech.wav",
+        "audio_sha256": sha256_file(SPEECH), "version": __version__,
     }
     assert sidecar.read_sidecar(out) == meta
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["aud_se4lip.json", "aud_se4lip.npy"]

@@ -122,7 +122,8 @@ def cnn_model():
 
 
 def test_folding_batchnorm_keeps_the_cnn_function(cnn_model, speech):
-    spec = audio.speech_windows(torch.from_numpy(speech[0]), torch.arange(0, len(speech[0]), 640), TINY_MODEL.n_stft_frames)
+    spec = audio.speech_windows(torch.from_numpy(speech[0]), torch.arange(0, len(speech[0]), 640),
+                                TINY_MODEL.n_stft_frames)
     folded = cnn_model.speech.for_inference()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in cnn_model.speech.modules()) == 8  # a copy was folded

@@ -235,7 +235,8 @@ CASES = {  # name: (main, argv, setup, exit status, the line on stderr; * matche
     "finetune --holdout 1.5": (finetune_main, ["{speech}", "-o", "{tmp}/me.safetensors", "--holdout", "1.5"], None, 2,
                                "se4lip-finetune: error: argument --holdout: must be between 0 and 1, got 1.5"),
     "extract -o x.npy with only x.json there": (
-        extract_main, ["{speech}", "-o", "{tmp}/x.npy", "--weights", "{w}"], lambda tmp: (tmp / "x.json").write_text("{}"),
+        extract_main, ["{speech}", "-o", "{tmp}/x.npy", "--weights", "{w}"],
+        lambda tmp: (tmp / "x.json").write_text("{}"),
         1, "se4lip-extract: {tmp}/x.json: exists (use --force to overwrite)"),
     "extract --force onto a JSON of the user's": (
         extract_main, ["{speech}", "-o", "{tmp}/x.npy", "--weights", "{w}", "--force"],
@@ -260,7 +261,8 @@ CASES = {  # name: (main, argv, setup, exit status, the line on stderr; * matche
         eval_main, ["sync", "{data}", "--weights", ARG, "-o", "{tmp}/ro/s.json"], lambda tmp: (tmp / "ro").mkdir(0o555),
         1, "se4lip-eval: -o {tmp}/ro/s.json: its folder is not writable"),
     "eval sync --plot in a read-only folder": (
-        eval_main, ["sync", "{data}", "--weights", ARG, "--plot", "{tmp}/ro/plots"], lambda tmp: (tmp / "ro").mkdir(0o555),
+        eval_main, ["sync", "{data}", "--weights", ARG, "--plot", "{tmp}/ro/plots"],
+        lambda tmp: (tmp / "ro").mkdir(0o555),
         1, "se4lip-eval: --plot {tmp}/ro/plots: {tmp}/ro is not writable"),
     "eval sync --plot naming a file": (
         eval_main, ["sync", "{data}", "--weights", ARG, "--plot", "{tmp}/plot.png"], _setup_plot, 1,
@@ -545,7 +547,8 @@ def test_resume_restores_the_design_stored_in_the_checkpoint(grid_dataset, tmp_p
     run = tmp_path / "run"
     base = [str(grid_dataset), "-o", str(run), "--steps", "2", "--ckpt-every-s", "0"]
     assert train_main([*base, *TINY_FLAGS, "--front-end", "stft", "--speech-encoder", "gru", "--stop-at", "1"]) == 0
-    assert train_main([*base, *TINY_RECIPE, "--resume"]) == 0  # the defaults (Mel + CNN, 512-d) are not the run's design
+    # the defaults (Mel + CNN, 512-d) are not the run's design
+    assert train_main([*base, *TINY_RECIPE, "--resume"]) == 0
     model, _ = weights.load(run / "final.safetensors")
     assert (model.config.front_end, model.config.speech_encoder, model.config.embed_dim) == ("stft", "gru", 32)
     assert not [p for p in run.iterdir() if p.name.endswith(".partial")]

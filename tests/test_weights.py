@@ -57,7 +57,8 @@ def test_metadata_makes_the_file_self_describing(tiny_weights):
     assert meta["format"] == weights.FORMAT
     config = json.loads(meta["config"])
     assert config == TINY_MODEL.to_dict()
-    assert (config["sample_rate"], config["n_fft"], config["win_length"], config["hop_length"]) == (16000, 512, 512, 128)
+    front_end = (config["sample_rate"], config["n_fft"], config["win_length"], config["hop_length"])
+    assert front_end == (16000, 512, 512, 128)
     assert len(meta["tensors_sha256"]) == 64
 
 

@@ -45,8 +45,9 @@ def finetune_table(ft: dict) -> str:
     lines += ["", (f"{minutes:.1f} minutes of video ({len(ft['video']['utterances'])} utterances), "
               f"{split['train_s']:.0f} s trained on, {split['held_out_s']:.0f} s held out ({split['rule']}); "
               f"{steps['run']} of {steps['planned']} planned steps ({steps['rule'] or 'given'}), best at step "
-              f"{steps['best']}. Time on {ft['threads']} thread(s): prepare {t['prepare']:.0f} s, train {t['train']:.0f} s, "
-              f"total **{t['total'] / 60:.1f} minutes** ({ft['per_minute_of_video_s']['total']:.0f} s per minute of video).")]
+              f"{steps['best']}. Time on {ft['threads']} thread(s): prepare {t['prepare']:.0f} s, "
+              f"train {t['train']:.0f} s, total **{t['total'] / 60:.1f} minutes** "
+              f"({ft['per_minute_of_video_s']['total']:.0f} s per minute of video).")]
     return "\n".join(lines) + "\n"
 
 

@@ -89,7 +89,8 @@ def evaluate_set(data_dir: Path, split: Path | None, specs, *, val_clips: int = 
 def best_baseline(s: dict) -> tuple[str, float] | None:
     """The baseline (a probed feature without sync figures; not the mean shape) of least mean LMD on a set."""
     feats = s.get("probe", {}).get("features", {})
-    scored = [(f["lmd"]["mean"], label) for label, f in feats.items() if label not in s["sync"] and label != "mean-shape"]
+    scored = [(f["lmd"]["mean"], label) for label, f in feats.items()
+              if label not in s["sync"] and label != "mean-shape"]
     return (min(scored)[1], min(scored)[0]) if scored else None
 
 

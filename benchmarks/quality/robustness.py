@@ -1,4 +1,4 @@
-"""Level and noise robustness of SE4Lip weights: feature cosine to the nominal level per gain and SNR, and sync at -30 dB.
+"""Level and noise robustness of SE4Lip weights: feature cosine to the nominal level per gain and SNR, sync at -30 dB.
 
 For the held-out utterances (``--split``; ``--max-clips`` takes the first N of them), each weights file's features
 (layout ds, every frame x sub-step vector) at gains -40..0 dB and in white noise at ``--snr`` dB are compared
@@ -48,7 +48,8 @@ def plot(results: dict, path: Path) -> None:
         ax.axhline(0.95, color="grey", ls=":", lw=1)
     ax1.text(0.01, 0.93, "0.95: within it, features barely move", color="grey", fontsize=8, va="top",
              transform=ax1.get_yaxis_transform())  # x in axes units, y in data units
-    ax1.set(xlabel="gain (dB)", ylabel="cosine to nominal-level features", title="level (mean; band down to worst clip)")
+    ax1.set(xlabel="gain (dB)", ylabel="cosine to nominal-level features",
+            title="level (mean; band down to worst clip)")
     ax2.set(xlabel="white-noise SNR (dB)", title="noise")
     ax1.legend(fontsize=8)
     fig.tight_layout()

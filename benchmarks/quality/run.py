@@ -68,7 +68,8 @@ def design(extractor) -> dict:
     cfg, info = extractor.config, extractor.info
     train = json.loads(info.get("train_config") or "{}")
     return {"front_end": cfg.front_end, "speech_encoder": cfg.speech_encoder,
-            "name": f"{'Mel' if cfg.front_end == 'mel' else 'STFT'}+{cfg.speech_encoder.upper()}", "steps": train.get("steps"),
+            "name": f"{'Mel' if cfg.front_end == 'mel' else 'STFT'}+{cfg.speech_encoder.upper()}",
+            "steps": train.get("steps"),
             "clips_per_batch": train.get("clips_per_batch"), "lip_span": train.get("lip_span"),
             "train_wall_s": float(info["train_wall_s"]) if "train_wall_s" in info else None,
             "weights": info.get("path", info["name"]), "sha256": info["sha256"]}

@@ -546,7 +546,8 @@ def plot(result: dict, path: str | Path) -> None:
     for i, name in enumerate(names):
         if feats[name].get("example"):
             axes[2].plot(t, feats[name]["example"]["pred_gap"], color=f"C{i}", lw=1, label=name)
-    axes[2].set(xlabel="time (s)", ylabel="inner-lip gap (px)", title=f"held-out clip {ex['clip']} (seed {result['seeds'][0]})")
+    axes[2].set(xlabel="time (s)", ylabel="inner-lip gap (px)",
+                title=f"held-out clip {ex['clip']} (seed {result['seeds'][0]})")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     atomic.save_figure(fig, path)
@@ -595,8 +596,8 @@ def unique_labels(specs: list[str], labels: list[str]) -> list[str]:
 
 
 def feature_extractor(spec: str, device: str = "cpu", precision: str = "fp32"):
-    """A feature extractor from a spec: a baseline name (``log-mel``, ``mfcc``, ``stft``, ``whisper-tiny.en``), SE4Lip weights
-    (``.safetensors``, or a registry name), or a training checkpoint ``ckpt.pt`` of ``se4lip-train``.
+    """A feature extractor from a spec: a baseline name (``log-mel``, ``mfcc``, ``stft``, ``whisper-tiny.en``),
+    SE4Lip weights (``.safetensors``, or a registry name), or a training checkpoint ``ckpt.pt`` of ``se4lip-train``.
     SE4Lip runs at ``precision`` (see :data:`se4lip_features.extract.PRECISIONS`); bf16 is in its label.
 
     Returns

@@ -47,10 +47,11 @@ def level_noise(extractor, data, clips, gains_db=GAINS_DB, snrs_db=SNRS_DB, sync
         nominal = extractor.extract(wav, audio.SAMPLE_RATE, data.fps, layout)
         for kind, db in conditions:
             x = wav * np.float32(10 ** (db / 20)) if kind == "gain" else with_noise(wav, db, rng)
-            per_clip[f"{kind} {db:g} dB"].append(float(_cosines(extractor.extract(x, audio.SAMPLE_RATE, data.fps, layout),
-                                                                nominal).mean()))
+            features = extractor.extract(x, audio.SAMPLE_RATE, data.fps, layout)
+            per_clip[f"{kind} {db:g} dB"].append(float(_cosines(features, nominal).mean()))
         if sync_gain_db is not None:
-            for name, x in (("nominal", wav), (f"gain {sync_gain_db:g} dB", wav * np.float32(10 ** (sync_gain_db / 20)))):
+            quieter = wav * np.float32(10 ** (sync_gain_db / 20))
+            for name, x in (("nominal", wav), (f"gain {sync_gain_db:g} dB", quieter)):
                 sync[name][clip.id] = (x, data.clip_lips(clip), data.clip_valid(clip))
     return {
         "conditions": {name: {"kind": kind, "db": db, "mean_cosine": float(np.mean(per_clip[name])),

@@ -215,7 +215,7 @@ def spectrogram_stats(items: list[tuple[PreparedData, Clip]], features, level_wi
 
 
 def validate(model, items: list[tuple[PreparedData, Clip]]) -> dict:
-    """Held-out sync figures (:func:`evaluate.sync_summary`) of ``model`` on the given clips; leaves its mode as it was."""
+    """Held-out sync figures (:func:`evaluate.sync_summary`) of ``model`` on the given clips; its mode is kept."""
     was_training = model.training
     model.eval()
     summary = evaluate.sync_summary([r for d, clips in _by_dataset(items)
@@ -304,14 +304,16 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
 
     def checkpoint(payload: dict) -> None:
         with atomic.replacing(ckpt_path) as (tmp,):
-            torch.save({**payload, "train_config": dataclasses.asdict(cfg), "model_config": model.config.to_dict()}, tmp)
+            torch.save({**payload, "train_config": dataclasses.asdict(cfg),
+                        "model_config": model.config.to_dict()}, tmp)
 
     history = fit(model, train_items, val_items, cfg, device=device, progress=progress, stop_at=stop_at,
                   checkpoint=checkpoint, state=state, where=str(ckpt_path))
     if rank == 0 and history["step"] and history["step"][-1] == cfg.steps:
         atomic.write_text(out_dir / "history.json", json.dumps(history))
         weights.save(model, out_dir / "final.safetensors", fp16=False,
-                     metadata={"train_config": json.dumps(dataclasses.asdict(cfg)), "data": ", ".join(map(str, data_dirs)),
+                     metadata={"train_config": json.dumps(dataclasses.asdict(cfg)),
+                               "data": ", ".join(map(str, data_dirs)),
                                "steps": cfg.steps, "init": init or "", "train_wall_s": f"{history['wall_s']:.0f}"})
         plot_history(history, out_dir / "training.png")
     return history
@@ -391,7 +393,8 @@ def fit(model: SE4Lip, train_items: list[tuple[PreparedData, Clip]], val_items: 
                         "rng": rng_states, "torch_rng": torch.get_rng_state(), "history": history})
 
     def stopped() -> str:
-        return f"the last checkpoint is {where}" if checkpoint and Path(where).is_file() else "no checkpoint was written"
+        written = checkpoint is not None and Path(where).is_file()
+        return f"the last checkpoint is {where}" if written else "no checkpoint was written"
 
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress or rank > 0)
     last_save = started = time.time()
@@ -428,7 +431,8 @@ def fit(model: SE4Lip, train_items: list[tuple[PreparedData, Clip]], val_items: 
         if step % cfg.val_every == 0 or step == cfg.steps:
             if rank == 0:
                 summary = validate(model, val_items)
-                for key, name in (("val_acc", "accuracy"), ("val_exact", "exact_accuracy"), ("val_conf", "mean_confidence")):
+                for key, name in (("val_acc", "accuracy"), ("val_exact", "exact_accuracy"),
+                                  ("val_conf", "mean_confidence")):
                     history[key].append(summary[name])
                 history["val_step"].append(step)
                 log.info("step %d: val sync accuracy %.3f (exact %.3f)", step, summary["accuracy"],
