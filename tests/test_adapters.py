@@ -557,3 +557,54 @@ def test_talkinggaussian_refuses_other_checkpoints_and_lengths(checkout, data, d
     write_features(data / "aud_se4lip.npy", np.zeros((35, 16, DIM), np.float32))
     with pytest.raises(FeatureError, match="35 feature rows for 30 video frames"):
         readers.readCamerasFromTransforms(str(data), "transforms_train.json", False, ".jpg", "", "se4lip")
+
+
+def _ffmpeg():
+    """An ffmpeg to run: the system's, else imageio-ffmpeg's binary (the dev extra); None without either."""
+    if shutil.which("ffmpeg"):
+        return shutil.which("ffmpeg")
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@needs_av
+@pytest.mark.skipif(_ffmpeg() is None, reason="no ffmpeg: neither on PATH nor imageio-ffmpeg (pip install -e '.[dev]')")
+def test_mux_audio_runs_ffmpeg_and_the_video_carries_the_test_audio(tmp_path, monkeypatch):
+    import av
+    import soundfile
+
+    from se4lip_features import audio
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ffmpeg").symlink_to(_ffmpeg())  # found by name, as the renderers' users have it
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    video = tmp_path / "ngp_ep0001.mp4"  # a silent 2 s render, 25 fps
+    with av.open(str(video), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(50):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 5 * i, np.uint8), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    t = np.arange(2 * audio.SAMPLE_RATE) / audio.SAMPLE_RATE
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t) * (t > 0.5)).astype(np.float32)  # silent for 0.5 s, then a tone
+    wav = tmp_path / "test.wav"
+    soundfile.write(wav, tone, audio.SAMPLE_RATE)
+
+    muxed = common.mux_audio(wav, video)
+    assert muxed == tmp_path / "ngp_ep0001_audio.mp4"
+    with av.open(str(muxed)) as inp:
+        assert inp.streams.video[0].frames in (0, 50) and len(inp.streams.audio) == 1
+        n_frames = sum(1 for _ in inp.decode(video=0))
+    assert n_frames == 50  # the render's frames, copied
+    heard = audio.load_audio(muxed)
+    assert abs(len(heard) - len(tone)) < 0.05 * audio.SAMPLE_RATE  # -shortest: the 2 s of both
+    onset = np.flatnonzero(np.abs(heard) > 0.1)[0] / audio.SAMPLE_RATE
+    assert onset == pytest.approx(0.5, abs=0.03)  # the tone starts where it starts in test.wav
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # without ffmpeg: the silent render stays, no error
+    assert common.mux_audio(wav, video) is None and video.is_file()

@@ -87,8 +87,12 @@ def test_shared_first_layer_equals_the_plain_path():
 
 def test_attention_returns_a_weighted_mean_of_the_window():
     att = probe.AudioAttNet()
-    same = torch.randn(3, 1, probe.AUDIO_DIM).expand(3, 8, probe.AUDIO_DIM)
-    torch.testing.assert_close(att(same), same[:, 0])  # softmax weights sum to one
+    with torch.no_grad():  # scores ignored: the weights are softmax(0, 1, ..., 7) whatever the frames hold
+        att.fc.weight.zero_()
+        att.fc.bias.copy_(torch.arange(8.0))
+    x = torch.randn(3, 8, probe.AUDIO_DIM)  # distinct frames: only these weights give this mean
+    expected = (torch.softmax(torch.arange(8.0), 0)[None, :, None] * x).sum(dim=1)
+    torch.testing.assert_close(att(x), expected)
 
 
 def test_clip_windows_pad_outside_each_clip():
