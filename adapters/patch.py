@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from se4lip_features.tool import tool
+from se4lip_features.tool import holding, tool
 
 from . import ernerf, gaussiantalker, instag, radnerf, synctalk, talkinggaussian
 from .engine import (
@@ -86,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.check and args.dry_run:
         parser.error("--check changes nothing already; use it without --dry-run")
+    # one se4lip-patch at a time per checkout: a patch and a revert at once would each stage the files as the
+    # other found them, and the last to write would undo half of the first
+    return holding(parser.prog, args.path, _run, args)
+
+
+def _run(args) -> int:
     renderer = RENDERERS[args.renderer]
     root = args.path
     try:

@@ -42,7 +42,7 @@ def exclusive(target: Path, wait: bool = False) -> Iterator[None]:
     except ImportError:
         yield
         return
-    key = hashlib.sha256(os.path.abspath(target).encode()).hexdigest()[:32]
+    key = hashlib.sha256(os.path.realpath(target).encode()).hexdigest()[:32]  # a link and its target: one lock
     folder = Path(tempfile.gettempdir()) / f"se4lip-locks-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
     fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -101,9 +101,10 @@ def replacing(*targets: Path, folder: bool = False) -> Iterator[list[Path]]:
     the targets already replaced get their earlier contents back (or are removed if they had none), so a
     set such as a ``.npy`` and its sidecar is never left mixed. On any exception (KeyboardInterrupt and the
     signals the command-line tools turn into exceptions included) the temporaries are removed and the
-    targets keep their contents. ``folder=True`` yields folders instead of files.
+    targets keep their contents. ``folder=True`` yields folders instead of files. A target that is a symbolic
+    link is written through it: the file it points to is replaced and the link stays.
     """
-    targets = tuple(Path(t) for t in targets)
+    targets = tuple(Path(os.path.realpath(t)) if os.path.islink(t) else Path(t) for t in targets)
     temps = []
     backups = {}  # target -> its earlier contents, kept until every rename has succeeded
     renaming = False

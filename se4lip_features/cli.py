@@ -344,11 +344,13 @@ def eval_parser() -> argparse.ArgumentParser:
 @tool("se4lip-eval", training_env=True)
 def eval_main(argv=None) -> int:
     args = eval_parser().parse_args(argv)
-    if args.command == "lmd":
-        return _eval_lmd(args)
+    if args.command == "lmd":  # two probes into one folder would mix their probe.json and plots
+        return holding("se4lip-eval lmd", args.out, _eval_lmd, args)
     args.out = Path(args.out_text) if args.out_text else None
     setup_logging("se4lip-eval")
-    return _eval_sync(args)
+    if args.out is None:
+        return _eval_sync(args)
+    return holding("se4lip-eval", args.out, _eval_sync, args)
 
 
 def _eval_sync(args) -> int:

@@ -608,3 +608,19 @@ def test_mux_audio_runs_ffmpeg_and_the_video_carries_the_test_audio(tmp_path, mo
 
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # without ffmpeg: the silent render stays, no error
     assert common.mux_audio(wav, video) is None and video.is_file()
+
+
+def test_a_second_patcher_of_a_checkout_fails_at_once(tmp_path, capsys):
+    """A patch and a revert of one checkout at once each staged the files as the other found them (issue 21)."""
+    from se4lip_features import atomic
+
+    root = copy_checkout("synctalk", tmp_path / "synctalk", "\n")
+    before = snapshot(root)
+    with atomic.exclusive(root):  # another se4lip-patch, still at work
+        assert patch.main(["synctalk", str(root)]) == 1
+        assert patch.main(["synctalk", str(root), "--revert"]) == 1
+    busy = f"se4lip-patch: {root}: another se4lip tool is writing it now; wait for it to finish or choose another " \
+           "output"
+    assert capsys.readouterr().err.splitlines() == [busy] * 2
+    assert snapshot(root) == before
+    assert patch.main(["synctalk", str(root)]) == 0  # and once it is done, the next one runs

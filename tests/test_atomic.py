@@ -80,3 +80,16 @@ def test_folders_are_swapped_whole(tmp_path):
         (tmp / "meta.json").write_text("newer")
         raise ValueError
     assert (out / "meta.json").read_text() == "new" and os.listdir(tmp_path) == ["data"]
+
+
+def test_a_link_is_written_through_and_stays_a_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    actual = tmp_path / "real" / "report.json"
+    actual.write_text("old")
+    link = tmp_path / "report.json"
+    link.symlink_to(actual)
+    atomic.write_text(link, "new")
+    assert link.is_symlink() and actual.read_text() == "new" and link.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real", "report.json"]  # no temporary beside the link
+    with atomic.exclusive(link), pytest.raises(atomic.Busy), atomic.exclusive(actual):  # one output, one lock
+        pass

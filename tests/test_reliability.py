@@ -776,3 +776,17 @@ def test_a_diverged_checkpoint_is_not_resumed_with_a_wrong_hint(grid_dataset, tm
     assert train_main([str(grid_dataset), "-o", str(run), "--resume", "--steps", "3", *TINY_FLAGS]) == 1
     assert capfd.readouterr().err.strip() == (f"se4lip-train: {run}/ckpt.pt: tensor {name} holds NaN or infinite "
                                               "values; this run cannot be resumed: start a new one (lower --lr)")
+
+
+def test_a_second_eval_of_one_output_fails_at_once(tmp_path, grid_dataset, tiny_weights, capfd):
+    from se4lip_features import atomic
+
+    out = tmp_path / "s.json"
+    with atomic.exclusive(out):
+        assert eval_main(["sync", str(grid_dataset), "--weights", str(tiny_weights), "-o", str(out)]) == 1
+    with atomic.exclusive(tmp_path / "probe"):
+        assert eval_main(["lmd", str(grid_dataset), "log-mel", "-o", str(tmp_path / "probe")]) == 1
+    busy = "another se4lip tool is writing it now; wait for it to finish or choose another output"
+    assert capfd.readouterr().err.splitlines() == [f"se4lip-eval: {out}: {busy}",
+                                                   f"se4lip-eval lmd: {tmp_path / 'probe'}: {busy}"]
+    assert not out.exists() and not (tmp_path / "probe").exists()
