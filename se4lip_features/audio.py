@@ -115,7 +115,7 @@ class AudioFile:
         try:
             self.file = av.open(str(self.path))
         except av.error.FFmpegError as err:
-            raise AudioError(f"{self.path}: cannot decode audio ({_ffmpeg_reason(err)})") from err
+            raise AudioError(f"{self.path}: cannot decode audio ({ffmpeg_reason(err)})") from err
         if not self.file.streams.audio:
             self.file.close()
             raise AudioError(f"{self.path}: has no audio stream")
@@ -166,7 +166,7 @@ class AudioFile:
                     yield np.concatenate(parts).astype(np.float32)
                     parts, held = [], 0
         except av.error.FFmpegError as err:
-            raise AudioError(f"{self.path}: cannot decode audio ({_ffmpeg_reason(err)})") from err
+            raise AudioError(f"{self.path}: cannot decode audio ({ffmpeg_reason(err)})") from err
         if parts:
             yield np.concatenate(parts).astype(np.float32)
 
@@ -302,7 +302,7 @@ def _sndfile_reason(err: Exception) -> str:
     return (getattr(err, "error_string", None) or str(err)).rstrip(".")
 
 
-def _ffmpeg_reason(err: Exception) -> str:
+def ffmpeg_reason(err: Exception) -> str:
     """FFmpeg's reason for an error, without the path it repeats."""
     return getattr(err, "strerror", None) or str(err)
 

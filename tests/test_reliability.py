@@ -354,6 +354,17 @@ def test_a_video_without_audio_or_frames_is_skipped_not_the_run(tmp_path, caplog
         f"{SPEECH}: has no video stream (lips need a video), skipped"]
 
 
+
+def test_an_undecodable_video_is_one_line_naming_it(tmp_path):
+    from se4lip_features.training import lips
+
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(ValueError) as err:
+        lips.read_video(junk)
+    assert str(err.value) == f"{junk}: cannot decode video (Invalid data found when processing input)"
+
+
 # -- extraction: non-finite features, pairs, warnings -------------------------------------------------
 
 @needs_av

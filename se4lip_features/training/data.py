@@ -236,7 +236,8 @@ def prepare_videos(videos, out: Path, *, fps=25.0, height=48, width=96, scale=1.
                 wav = audio.load_audio(path)
                 frames, _ = lips.read_video(path, fps)
             except ValueError as err:  # audio.AudioError included
-                skipped.append(f"{err}, skipped")
+                reason = " ".join(str(err).split())
+                skipped.append(f"{reason if str(path) in reason else f'{path}: {reason}'}, skipped")  # name the file
                 continue
             detector = detector or lips.FaceMeshDetector()  # made once a video is usable: mediapipe is slow to start
             landmarks = detector(frames)

@@ -41,14 +41,19 @@ def read_video(path: str | Path, fps: float = 25.0) -> tuple[np.ndarray, float]:
     """
     import av
 
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{path}: has no video stream (lips need a video)")
-        stream = container.streams.video[0]
-        decoded, times = [], []
-        for frame in container.decode(stream):
-            decoded.append(frame.to_ndarray(format="rgb24"))
-            times.append(float(frame.time))
+    from ..audio import ffmpeg_reason
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path}: has no video stream (lips need a video)")
+            stream = container.streams.video[0]
+            decoded, times = [], []
+            for frame in container.decode(stream):
+                decoded.append(frame.to_ndarray(format="rgb24"))
+                times.append(float(frame.time))
+    except av.error.FFmpegError as err:  # one line naming the file, as the audio's errors do
+        raise ValueError(f"{path}: cannot decode video ({ffmpeg_reason(err)})") from err
     if not decoded:
         raise ValueError(f"{path}: video stream holds no frames")
     times = np.asarray(times) - times[0]
