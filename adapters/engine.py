@@ -24,6 +24,9 @@ MARK = "# se4lip-patch"
 # and ``sidecar.py``, the same files as installed, so the checkout runs where se4lip_features is not importable.
 RUNTIME = "se4lip_adapters"
 MANIFEST = "MANIFEST.json"  # in RUNTIME: the SHA-256 of each file se4lip-patch wrote there
+# In RUNTIME: for each renderer file a patch changed, its original bytes and the SHA-256 of the bytes the patch
+# wrote, so that a later version of se4lip-patch, whose edits differ, can still revert (or re-patch) it.
+RESTORE = "RESTORE.json"
 
 # Items of an edit's patched block: an anchor line kept as it is, a new line, or an anchor line rewritten.
 Keep = int  # index into the anchor
@@ -203,6 +206,39 @@ class FileChange:
     path: Path
     old: bytes | None  # None: a new file
     new: bytes | None  # None: the file is removed
+    original: bytes | None = None  # a renderer file's bytes before any patch (what a revert gives back)
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_restore(root: Path) -> dict:
+    """The checkout's restore record (``se4lip_adapters/RESTORE.json``): relative path -> {"patched": SHA-256
+    of the file as a patch wrote it, "original": its bytes before, base64}; {} where there is none."""
+    import json
+
+    try:
+        record = json.loads((root / RUNTIME / RESTORE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def restore_record(root: Path, changes: list[FileChange]) -> bytes | None:
+    """The restore record after a patch: each changed renderer file's original and patched SHA-256; the
+    entries of files this patch left as they were are kept (None: nothing to record)."""
+    import base64
+    import json
+
+    record = read_restore(root)
+    for change in changes:
+        if change.original is not None and change.new is not None:
+            record[change.path.relative_to(root).as_posix()] = {
+                "patched": _sha256(change.new), "original": base64.b64encode(change.original).decode()}
+    return (json.dumps(record, indent=1, sort_keys=True) + "\n").encode() if record else None
 
 
 def read_text(path: Path) -> tuple[bytes, str]:
@@ -247,9 +283,11 @@ def manifest(files: dict[str, bytes]) -> bytes:
             + "\n").encode()
 
 
-def runtime_changes(root: Path, files: dict[str, bytes], revert: bool) -> list[FileChange]:
-    """Write ``files`` (name -> bytes, ``MANIFEST`` among them) into ``<root>/se4lip_adapters/``, or on revert
-    remove the files the manifest there lists with the bytes it records, and their byte code.
+def runtime_changes(root: Path, files: dict[str, bytes], revert: bool, restore: bytes | None = None
+                    ) -> list[FileChange]:
+    """Write ``files`` (name -> bytes, ``MANIFEST`` among them) and the ``restore`` record into
+    ``<root>/se4lip_adapters/``, or on revert remove the files the manifest there lists with the bytes it
+    records, their byte code and the restore record.
 
     Anything else in the folder (a file of the user's, one edited since) stays, and so does the folder then;
     a symlinked folder is refused, never followed.
@@ -281,12 +319,12 @@ def runtime_changes(root: Path, files: dict[str, bytes], revert: bool) -> list[F
         cache = folder / "__pycache__"
         compiled = sorted(p for p in cache.glob("*.pyc") if p.name.split(".")[0] in stems) if cache.is_dir() else []
         changes += [FileChange(p, p.read_bytes(), None) for p in compiled if not p.is_symlink()]
-        manifest_file = folder / MANIFEST
-        if manifest_file.is_file() and all(c.path != manifest_file for c in changes):
-            changes.append(FileChange(manifest_file, manifest_file.read_bytes(), None))
+        for own in (folder / MANIFEST, folder / RESTORE):
+            if own.is_file() and not own.is_symlink() and all(c.path != own for c in changes):
+                changes.append(FileChange(own, own.read_bytes(), None))
         return changes
     changes = []
-    for name, new in files.items():
+    for name, new in {**files, **({RESTORE: restore} if restore is not None else {})}.items():
         path = folder / name
         old = path.read_bytes() if path.is_file() else None
         if old != new:
@@ -305,48 +343,83 @@ def runtime_state(root: Path, files: dict[str, bytes]) -> str:
 def plan(renderer: Renderer, root: Path, revert: bool = False) -> list[FileChange]:
     """The files that patching (or reverting) would change, with their new bytes; nothing is written.
 
-    Raises PatchError, before anything is written, when any anchor is missing or ambiguous, or when a
-    file holds ``# se4lip-patch`` lines that are not this version's edits (they could not be reverted).
+    A file patched by another version of se4lip-patch (``# se4lip-patch`` lines that are not this version's
+    edits) is taken back to its original bytes from the checkout's restore record, when the record holds it
+    and the file is exactly as that patch wrote it; then reverted to those bytes, or patched from them.
+    Raises PatchError, before anything is written, when any anchor is missing or ambiguous, or when such a
+    file cannot be taken back (edited by hand, or patched before the record existed).
     """
+    import base64
+
     if not root.is_dir():
         raise PatchError(f"{root}: not a directory")
-    states = status(renderer, root)
-    if all(state not in ("patched", "unpatched") for _, state in states):
-        raise PatchError(f"{root}: does not look like a {renderer.repo} checkout: none of the {len(states)} places "
-                         f"se4lip-patch edits was found (verified at {renderer.commit[:7]}); the first:\n"
-                         f"{states[0][1]}")
-    changes = []
+    restore = read_restore(root)
+    bases = {}  # rel -> (path, raw bytes, lines to work from, original bytes or None)
     for rel, edits in by_file(renderer).items():
         path = root / rel
-        raw, text = read_text(path)
-        lines = split_lines(text)
-        eol = newline_of(lines)
-        ours, missing = set(), None
+        try:
+            raw, text = read_text(path)
+        except PatchError as err:  # reported with the anchors below: a missing file may mean another renderer
+            bases[rel] = err
+            continue
+        lines, original = split_lines(text), None
+        stray = _stray_marks(lines, edits, path)
+        if stray:
+            entry = restore.get(rel)
+            if not isinstance(entry, dict) or entry.get("patched") != _sha256(raw):
+                raise PatchError(f"{path}: lines {stray} end in {MARK!r} but are not edits of this version of "
+                                 "se4lip-patch (edited by hand, or patched by a version that kept no record of the "
+                                 f"original in {RUNTIME}/{RESTORE}); restore the file (e.g. git checkout) and "
+                                 "patch again")
+            original = base64.b64decode(entry["original"])
+            lines = split_lines(original.decode("utf-8", errors="surrogateescape"))
+        bases[rel] = (path, raw, lines, original)
+    found = []  # per edit: where it is, or why it is not found
+    for rel, edits in by_file(renderer).items():
         for edit in edits:
-            try:
-                state, at = locate(lines, edit, str(path))
-            except PatchError as err:
-                missing = missing or err
+            if isinstance(bases[rel], PatchError):
+                found.append(bases[rel])
                 continue
-            if state == "patched":
-                ours.update(range(at, at + len(edit.patched)))
-        stray = [i + 1 for i, (content, _) in enumerate(lines) if content.endswith(MARK) and i not in ours]
-        if stray:  # checked first: a hand-edited patch also hides its anchors
-            raise PatchError(f"{path}: lines {stray} end in {MARK!r} but are not edits of this version of "
-                             "se4lip-patch (edited by hand, or patched by another version); restore the file "
-                             "(e.g. git checkout) and patch again")
-        if missing is not None:
-            raise missing
+            path, _, lines, _ = bases[rel]
+            try:
+                found.append(locate(lines, edit, str(path)))
+            except PatchError as err:
+                found.append(err)
+    if all(isinstance(f, PatchError) for f in found):
+        raise PatchError(f"{root}: does not look like a {renderer.repo} checkout: none of the {len(found)} places "
+                         f"se4lip-patch edits was found (verified at {renderer.commit[:7]}); the first:\n{found[0]}")
+    missing = next((f for f in found if isinstance(f, PatchError)), None)
+    if missing is not None:
+        raise missing
+    changes = []
+    for rel, edits in by_file(renderer).items():
+        path, raw, lines, original = bases[rel]
+        eol = newline_of(lines)
         for edit in edits:  # edits do not overlap, so each is found again after the others
             state, at = locate(lines, edit, str(path))
-            if revert and state == "patched":
+            if state == "patched":
                 lines = revert_edit(lines, edit, at)
-            elif not revert and state == "unpatched":
-                lines = apply_edit(lines, edit, at, eol)
-        new = join_lines(lines).encode("utf-8", errors="surrogateescape")
+        unpatched = join_lines(lines).encode("utf-8", errors="surrogateescape")
+        if not revert:
+            for edit in edits:
+                lines = apply_edit(lines, edit, locate(lines, edit, str(path))[1], eol)
+        new = unpatched if revert else join_lines(lines).encode("utf-8", errors="surrogateescape")
         if new != raw:
-            changes.append(FileChange(path, raw, new))
+            changes.append(FileChange(path, raw, new, original if original is not None else unpatched))
     return changes
+
+
+def _stray_marks(lines, edits: list[Edit], path: Path) -> list[int]:
+    """Line numbers ending in MARK that none of ``edits``, found patched, accounts for."""
+    ours = set()
+    for edit in edits:
+        try:
+            state, at = locate(lines, edit, str(path))
+        except PatchError:
+            continue
+        if state == "patched":
+            ours.update(range(at, at + len(edit.patched)))
+    return [i + 1 for i, (content, _) in enumerate(lines) if content.endswith(MARK) and i not in ours]
 
 
 def write(changes: list[FileChange]) -> None:

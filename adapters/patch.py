@@ -25,6 +25,7 @@ from .engine import (
     diff,
     manifest,
     plan,
+    restore_record,
     runtime_changes,
     runtime_state,
     status,
@@ -98,7 +99,8 @@ def _run(args) -> int:
         if args.check:
             return _check(renderer, root)
         changes = plan(renderer, root, revert=args.revert)
-        changes += runtime_changes(root, runtime_files(), revert=args.revert)
+        record = None if args.revert else restore_record(root, changes)  # lets later versions revert it
+        changes += runtime_changes(root, runtime_files(), revert=args.revert, restore=record)
     except PatchError as err:
         print(f"se4lip-patch: error: {err}\nNothing was changed.", file=sys.stderr)
         return 1

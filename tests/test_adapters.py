@@ -7,6 +7,8 @@ the patcher relies on; the real renderers are never needed here.
 
 import argparse
 import ast
+import base64
+import hashlib
 import importlib
 import json
 import logging
@@ -77,7 +79,12 @@ def test_patch_check_repatch_revert_restores_bytes(tmp_path, renderer, eol, caps
     assert snapshot(root) == patched
 
     added = {rel for rel in patched if rel not in original}  # the adapters for environments without the package
-    assert added == {f"{engine.RUNTIME}/{name}" for name in patch.runtime_files()}
+    assert added == {f"{engine.RUNTIME}/{name}" for name in [*patch.runtime_files(), engine.RESTORE]}
+    record = engine.read_restore(root)  # what a later version needs to take each patched file back
+    assert sorted(record) == sorted(changed)
+    for rel, entry in record.items():
+        assert base64.b64decode(entry["original"]) == original[rel]
+        assert entry["patched"] == hashlib.sha256(patched[rel]).hexdigest()
     assert patched[f"{engine.RUNTIME}/sidecar.py"] == Path(sidecar.__file__).read_bytes()
     assert patched[f"{engine.RUNTIME}/common.py"] == Path(common.__file__).read_bytes()
     subprocess.run([sys.executable, "-c", f"import {engine.RUNTIME}.{renderer}"], cwd=root, check=True)  # __pycache__
@@ -624,3 +631,47 @@ def test_a_second_patcher_of_a_checkout_fails_at_once(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [busy] * 2
     assert snapshot(root) == before
     assert patch.main(["synctalk", str(root)]) == 0  # and once it is done, the next one runs
+
+
+def _older_version(renderer):
+    """The renderer's table as another se4lip-patch version might have it: the same places, other lines."""
+    import dataclasses
+
+    def older(item):
+        if isinstance(item, (engine.New, engine.Swap)):
+            return dataclasses.replace(item, text=item.text.replace(engine.MARK, "# older " + engine.MARK))
+        return item
+
+    return dataclasses.replace(renderer, edits=tuple(dataclasses.replace(e, patched=tuple(map(older, e.patched)))
+                                                     for e in renderer.edits))
+
+
+@pytest.mark.parametrize("renderer", ["synctalk", "gaussiantalker"])
+def test_a_checkout_patched_by_another_version_is_reverted_or_repatched(tmp_path, capsys, monkeypatch, renderer):
+    """A checkout patched by another version could be neither patched nor reverted (issue 21)."""
+    fresh = copy_checkout(renderer, tmp_path / "fresh", "\n")
+    original = snapshot(fresh)
+    assert patch.main([renderer, str(fresh)]) == 0
+    for mode in ("patch", "revert"):
+        root = copy_checkout(renderer, tmp_path / mode, "\n")
+        with monkeypatch.context() as m:
+            m.setitem(patch.RENDERERS, renderer, _older_version(patch.RENDERERS[renderer]))
+            assert patch.main([renderer, str(root)]) == 0
+        assert "# older # se4lip-patch" in "".join(v.decode() for v in snapshot(root).values() if b"older" in v)
+        if mode == "patch":  # taken back to the original, then patched by this version: as a fresh patch
+            assert patch.main([renderer, str(root)]) == 0
+            assert snapshot(root) == snapshot(fresh)
+        assert patch.main([renderer, str(root), "--revert"]) == 0
+        assert snapshot(root) == original
+    # patched by a version that kept no record (or edited since): refused, nothing changed, the way out named
+    root = copy_checkout(renderer, tmp_path / "norecord", "\n")
+    with monkeypatch.context() as m:
+        m.setitem(patch.RENDERERS, renderer, _older_version(patch.RENDERERS[renderer]))
+        assert patch.main([renderer, str(root)]) == 0
+    (root / engine.RUNTIME / engine.RESTORE).unlink()
+    before = snapshot(root)
+    capsys.readouterr()
+    assert patch.main([renderer, str(root), "--revert"]) == 1
+    err = capsys.readouterr().err
+    assert "not edits of this version of se4lip-patch" in err and "git checkout" in err and engine.RESTORE in err
+    assert snapshot(root) == before
