@@ -19,7 +19,7 @@ import torch.distributed as dist
 from .. import atomic, audio, evaluate, weights
 from ..model import LossConfig, ModelConfig, SE4Lip
 from . import augment
-from .data import Clip, PreparedData
+from .data import Clip, PreparedData, read_ids
 
 log = logging.getLogger(__name__)
 
@@ -476,14 +476,11 @@ def _device(device) -> torch.device:
 
 def _check_same_split(path: Path, val_ids: list[str]) -> None:
     """Refuse to resume a run on other data: its split.json must hold out exactly the clips these datasets do."""
-    try:
-        saved = json.loads(path.read_text())["val"]
-    except FileNotFoundError:
+    if not path.is_file():
         return  # a run from before split.json was written
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a split.json of se4lip-train ({err})") from None
-    if saved != val_ids:
-        other = sorted(set(saved) - set(val_ids))[:3] or sorted(set(val_ids) - set(saved))[:3]
+    saved = read_ids(path)  # the one reader of split.json; a damaged one is an error naming it
+    if saved != set(val_ids):
+        other = sorted(saved - set(val_ids))[:3] or sorted(set(val_ids) - saved)[:3]
         raise ValueError(f"{path}: the run held out other clips than these datasets do (e.g. {', '.join(other)}): "
                          "other data, or another --val-clips/--seed; resume with the run's own data and recipe")
 
