@@ -58,7 +58,7 @@ def parse_set(text: str) -> tuple[str, tuple[Path, Path | str | None]]:
 
 def evaluate_set(data_dir: Path, split: Path | None, specs, *, val_clips: int = 60, seed: int = 0,
                  run_probe: bool = True, probe_cfg: probe.ProbeConfig | None = None,
-                 seeds=(0, 1), progress: bool = True) -> dict:
+                 seeds=(0, 1), progress: bool | None = None) -> dict:
     """Sync (SE4Lip specs) and probe (every spec) figures on one set's held-out clips.
 
     ``specs``: (label, extractor) pairs from :func:`probe.feature_extractor`.
@@ -81,7 +81,8 @@ def evaluate_set(data_dir: Path, split: Path | None, specs, *, val_clips: int = 
     if run_probe and train:
         probe_cfg = probe_cfg or probe.ProbeConfig()
         targets = probe.Targets.from_data(data, probe_cfg.ref_eye_px)
-        banks = (probe.FeatureBank.build(label, ex, data, progress=progress) for label, ex in specs)
+        bars = sys.stderr.isatty() if progress is None else progress  # bars on a terminal, never in a log
+        banks = (probe.FeatureBank.build(label, ex, data, progress=bars) for label, ex in specs)
         out["probe"] = probe.probe_all(banks, targets, train, held, seeds, probe_cfg)
     return out
 

@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     for w in args.weights:
         ex = extract.load(w, "cpu")
         t0 = time.perf_counter()
-        results[ex.name] = level_noise(ex, data, held, args.gains, args.snr, args.sync_gain, progress=True)
+        results[ex.name] = level_noise(ex, data, held, args.gains, args.snr, args.sync_gain,
+                                       progress=sys.stderr.isatty())
         results[ex.name].update(sha256=ex.sha256, run_s=round(time.perf_counter() - t0, 1))
         r = results[ex.name]
         print(ex.name, {k: round(c["mean_cosine"], 3) for k, c in r["conditions"].items()},

@@ -103,7 +103,7 @@ def run(args) -> dict:
 
     def banks():
         for label, extractor in specs:
-            bank = probe.FeatureBank.build(label, extractor, data, progress=True)
+            bank = probe.FeatureBank.build(label, extractor, data, progress=sys.stderr.isatty())
             log.info("%s: features in %.0f s, table %s", label, bank.extract_s, bank.table.shape)
             yield bank
             t0 = time.perf_counter()
