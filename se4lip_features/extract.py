@@ -70,8 +70,7 @@ class Extractor:
             torch.backends.mkldnn.matmul.fp32_precision = previous
 
     @torch.inference_mode()
-    def embed(self, wav: torch.Tensor, centres: torch.Tensor, batch_size: int = DEFAULT_BATCH,
-              progress: bool = False) -> torch.Tensor:
+    def embed(self, wav: torch.Tensor, centres: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
         """Unit-norm speech embeddings of windows centred on given samples, with this extractor's precision
         (:meth:`SpeechEncoder.embed <se4lip_features.model.SpeechEncoder.embed>`).
 
@@ -84,7 +83,7 @@ class Extractor:
         -------
         torch.Tensor float32 (n_windows, dim) on ``self.device``
         """
-        return self.speech.embed(wav.to(self.device), centres, batch_size, self._precision_scope, progress)
+        return self.speech.embed(wav.to(self.device), centres, batch_size, self._precision_scope)
 
     def frame_stream(self, fps: float, layout: str, batch_size: int = DEFAULT_BATCH) -> FrameStream:
         """The frame engine over this extractor's features (its :meth:`embed` times :attr:`scale`)."""

@@ -193,7 +193,7 @@ class SpeechEncoder(nn.Module):
         return F.normalize(emb.float(), dim=-1)
 
     def embed(self, wav: torch.Tensor, centres: torch.Tensor, batch_size: int = DEFAULT_BATCH,
-              precision=contextlib.nullcontext, progress: bool = False) -> torch.Tensor:
+              precision=contextlib.nullcontext) -> torch.Tensor:
         """Unit-norm embeddings of the windows centred on given samples of a waveform (:meth:`embed_frames`).
 
         Parameters
@@ -206,12 +206,9 @@ class SpeechEncoder(nn.Module):
         -------
         torch.Tensor float32 (n_windows, embed_dim) on ``wav``'s device
         """
-        from tqdm import tqdm
-
         centres = centres.to(wav.device)
         out = [torch.zeros(0, self.embed_dim, device=wav.device)]
-        batches = range(0, len(centres), batch_size)
-        for start in tqdm(batches, desc="extract", unit="batch", leave=False, disable=not progress):
+        for start in range(0, len(centres), batch_size):
             starts, which = audio.shared_stft_frames(centres[start: start + batch_size], self.n_stft_frames)
             out.append(self.embed_frames(audio.log_stft_frames(wav, starts), which, precision))
         return torch.cat(out)
