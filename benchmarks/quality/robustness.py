@@ -72,14 +72,16 @@ def main(argv=None) -> int:
     data = PreparedData(args.data)
     held = probe.split_clips(data, split_file=args.split)[1][: args.max_clips]
     results = {}
-    for w in args.weights:
-        ex = extract.load(w, "cpu")
+    extractors = [extract.load(w, "cpu") for w in args.weights]
+    names = [ex.name for ex in extractors]
+    for w, ex in zip(args.weights, extractors):
+        label = ex.name if names.count(ex.name) == 1 else str(w)  # two runs' final.safetensors: their paths
         t0 = time.perf_counter()
-        results[ex.name] = level_noise(ex, data, held, args.gains, args.snr, args.sync_gain,
-                                       progress=sys.stderr.isatty())
-        results[ex.name].update(sha256=ex.sha256, run_s=round(time.perf_counter() - t0, 1))
-        r = results[ex.name]
-        print(ex.name, {k: round(c["mean_cosine"], 3) for k, c in r["conditions"].items()},
+        results[label] = level_noise(ex, data, held, args.gains, args.snr, args.sync_gain,
+                                     progress=sys.stderr.isatty())
+        results[label].update(sha256=ex.sha256, run_s=round(time.perf_counter() - t0, 1))
+        r = results[label]
+        print(label, {k: round(c["mean_cosine"], 3) for k, c in r["conditions"].items()},
               {k: round(s["accuracy"], 3) for k, s in r["sync"].items()}, file=sys.stderr)
     out = {"command": "python benchmarks/quality/robustness.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "data": str(args.data), "split": str(args.split), "clips": [c.id for c in held],
