@@ -290,12 +290,13 @@ def test_training_tools_say_in_one_line_what_an_old_environment_lacks(main, prog
                         r"torch 1\.12\.1\); se4lip-extract and the renderer adapters work here\n", err), err
 
 
-def test_patcher_and_tool_runner_start_without_torch():
+def test_patcher_and_tool_runner_start_without_torch(tmp_path):
     # se4lip-patch is a text patcher: it starts where torch is broken or absent (the package's API loads on use)
     code = ("import sys, se4lip_features.adapters.patch, se4lip_features.tool; "
             "assert 'torch' not in sys.modules, 'torch imported'; import se4lip_features as s; s.load; "
             "assert 'torch' in sys.modules; assert set(s.__all__) <= set(dir(s)); print(s.__version__)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                          cwd=tmp_path)  # the installed package (the checkout's own folder has no adapters/ inside)
     assert (done.returncode, done.stderr, done.stdout.strip()) == (0, "", se4lip_features.__version__)
 
 
