@@ -158,3 +158,7 @@ def setup_logging(prog: str) -> None:
     """INFO messages of the package (progress notes, warnings) to stderr, named by the tool (as its errors are),
     for the long-running tools."""
     logging.basicConfig(level=logging.INFO, format=f"{prog}: %(message)s")
+    # other libraries' notes are not the tool's ("se4lip-prepare: generated new fontManager", matplotlib's first
+    # run); their warnings still come through
+    for name in ("matplotlib", "PIL", "h5py", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -310,3 +310,22 @@ def test_every_eval_subcommand_is_a_subparser(capsys):
     assert "usage: se4lip-eval lmd" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # lmd's options are not sync's
         eval_parser().parse_args(["sync", "a.mp4", "--seeds", "3"])
+
+
+def test_tool_logging_carries_the_package_notes_not_other_libraries(capfd):
+    import logging
+
+    from se4lip_features.tool import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers = []
+    try:
+        setup_logging("se4lip-prepare")
+        logging.getLogger("matplotlib.font_manager").info("generated new fontManager")
+        logging.getLogger("se4lip_features.training.data").info("a note of ours")
+        logging.getLogger("matplotlib").warning("a warning of theirs")
+    finally:
+        root.handlers, root.level = saved
+    assert capfd.readouterr().err.splitlines() == ["se4lip-prepare: a note of ours",
+                                                   "se4lip-prepare: a warning of theirs"]
