@@ -276,10 +276,9 @@ def status(renderer: Renderer, root: Path) -> list[tuple[Edit, str]]:
 
 def manifest(files: dict[str, bytes]) -> bytes:
     """``MANIFEST.json`` of the runtime folder: each file's SHA-256, so that a revert removes only those."""
-    import hashlib
     import json
 
-    return (json.dumps({name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}, indent=1)
+    return (json.dumps({name: _sha256(data) for name, data in sorted(files.items())}, indent=1)
             + "\n").encode()
 
 
@@ -292,7 +291,6 @@ def runtime_changes(root: Path, files: dict[str, bytes], revert: bool, restore: 
     Anything else in the folder (a file of the user's, one edited since) stays, and so does the folder then;
     a symlinked folder is refused, never followed.
     """
-    import hashlib
     import json
 
     folder = root / RUNTIME
@@ -313,7 +311,7 @@ def runtime_changes(root: Path, files: dict[str, bytes], revert: bool, restore: 
             path = folder / name
             if path.is_file() and not path.is_symlink():
                 data = path.read_bytes()
-                if sha is None or hashlib.sha256(data).hexdigest() == sha:
+                if sha is None or _sha256(data) == sha:
                     changes.append(FileChange(path, data, None))
         stems = {Path(name).stem for name in recorded}
         cache = folder / "__pycache__"

@@ -118,8 +118,6 @@ def finetune(source, out, cfg: FinetuneConfig | None = None, *, init: str | None
         history = fit(model, [(data, c) for c in train_clips], val_items, recipe, device=device, progress=progress,
                       patience=cfg.patience)  # leaves the model with its best state
         fit_s = time.perf_counter() - t1
-        before = history["before"]
-        log.info("before: held-out sync accuracy %.3f, confidence %.3f", before["accuracy"], before["mean_confidence"])
         meta = {"init": info["name"], "init_sha256": info["sha256"], "finetune_config": json.dumps(asdict(cfg)),
                 "train_config": json.dumps(asdict(recipe)), "data": str(source), "best_step": history["best_step"]}
         sha = weights.save(model.cpu(), out, metadata=meta)
@@ -138,7 +136,7 @@ def finetune(source, out, cfg: FinetuneConfig | None = None, *, init: str | None
                   f"{STEPS_PER_MINUTE} per minute of training video, within [{MIN_STEPS}, {MAX_STEPS}]"},
         "validation": {"step": history["val_step"], "accuracy": history["val_acc"],
                        "confidence": history["val_conf"]},
-        "before": before, "after": after,
+        "before": history["before"], "after": after,
         "time_s": {"prepare": round(prepare_s, 1), "train": round(fit_s, 1),
                    "total": round(time.perf_counter() - t0, 1)},
     }

@@ -377,8 +377,10 @@ def fit(model: SE4Lip, train_items: list[tuple[PreparedData, Clip]], val_items: 
         log.info("resumed from %s at step %d", where, step)
     best = None
     if patience is not None:
-        history["before"] = validate(model, val_items)
-        best = {"score": _score(history["before"]), "step": 0, "state": copy.deepcopy(model.state_dict())}
+        history["before"] = before = validate(model, val_items)
+        log.info("before training: val sync accuracy %.3f, confidence %.3f", before["accuracy"],
+                 before["mean_confidence"])
+        best = {"score": _score(before), "step": 0, "state": copy.deepcopy(model.state_dict())}
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     sampler = WindowSampler(train_items, cfg, model_cfg)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
@@ -469,7 +471,7 @@ def _score(summary: dict) -> tuple[float, float]:
 def _device(device) -> torch.device:
     """The training device: the given one, else cuda where there is one; under torchrun, each process's GPU."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.index is None:
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 
