@@ -1,7 +1,7 @@
 """SE4Lip speech-lip encoder features for talking-head renderers.
 
 The public API is imported on first use (``se4lip_features.load`` imports torch then), so that the parts that
-need neither torch nor numpy (``se4lip_features.tool``, the renderer adapters' patcher) start without them.
+need no torch (``se4lip_features.tool``, the renderer adapters' patcher) start without it.
 """
 
 from __future__ import annotations
