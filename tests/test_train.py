@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from se4lip_features import audio, evaluate, weights
 from se4lip_features.model import LossConfig, ModelConfig, SE4Lip, SpeechEncoder, cosine_bce, pair_losses
 from se4lip_features.training import data
 from se4lip_features.training.data import PreparedData
-from se4lip_features.training.train import TrainConfig, WindowSampler, train
+from se4lip_features.training.train import TrainConfig, WindowSampler, _on_data, train
 
 TINY_TRAIN = TrainConfig(steps=4, clips_per_batch=2, lip_span=4, speech_margin=3, warmup_steps=1, val_clips=2,
                    val_every=2, ckpt_every_s=0.0, bf16=False)
@@ -133,6 +134,21 @@ def test_fine_tuning_starts_from_given_weights(dataset, tmp_path):
     start, _ = weights.load(base)
     assert tuned.config == TINY_MODEL
     torch.testing.assert_close(tuned.speech.gru.weight_hh_l0, start.speech.gru.weight_hh_l0, atol=1e-6, rtol=0)
+
+
+def test_fine_tuning_learns_the_data_s_crop_scale_and_refuses_another_frame_rate(dataset, tmp_path, caplog):
+    train(dataset, tmp_path / "base", TINY_TRAIN, TINY_MODEL, progress=False)
+    base = str(tmp_path / "base" / "final.safetensors")
+    one = dataclasses.replace(TINY_TRAIN, steps=1, warmup_steps=1)
+    prepare_grid(tmp_path / "wide", scale=1.6, segment_s=1.0)
+    train(tmp_path / "wide", tmp_path / "tuned", one, init=base, progress=False)
+    tuned, _ = weights.load(tmp_path / "tuned" / "final.safetensors")
+    assert tuned.config == dataclasses.replace(TINY_MODEL, lip_crop_scale=1.6)  # was 1.2: the file said so
+    assert "scale 1.6, the starting weights' are 1.2" in caplog.text
+    meta = {**json.loads((tmp_path / "wide" / "meta.json").read_text()), "fps": 30.0}  # as se4lip-prepare --fps 30
+    with pytest.raises(ValueError, match=r"fast: fps 30.0 differs from the starting weights' 25.0; prepare the data "
+                                         r"again with --fps 25 --crop 48 96"):
+        _on_data(tuned.config, types.SimpleNamespace(meta=meta), Path("fast"))
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo on Windows is not supported by torchrun")

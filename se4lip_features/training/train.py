@@ -291,6 +291,7 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
     if init is not None and state is None:
         model, info = weights.load(init)
         log.info("fine-tuning from %s (%s)", info["name"], info["sha256"][:12])
+        model.config = _on_data(model.config, data, data_dirs[0])
     elif state is not None:  # the checkpoint's weights, statistics included, are loaded by fit
         model = SE4Lip(model_cfg)
     else:  # the lip crops and frame rate are the data's
@@ -461,6 +462,20 @@ def fit(model: SE4Lip, train_items: list[tuple[PreparedData, Clip]], val_items: 
         history["best_step"] = best["step"]
     model.eval()
     return history
+
+
+def _on_data(cfg: ModelConfig, data: PreparedData, where: Path) -> ModelConfig:
+    """Starting weights' design on the data they continue on: the frame rate and crop size must be the weights'
+    (the windows and the lip encoder are built for them); a crop scale of its own is learnt, and recorded."""
+    for key in ("fps", "lip_height", "lip_width"):
+        if getattr(cfg, key) != data.meta[key]:
+            raise ValueError(f"{where}: {key} {data.meta[key]} differs from the starting weights' {getattr(cfg, key)}; "
+                             f"prepare the data again with --fps {cfg.fps:g} --crop {cfg.lip_height} {cfg.lip_width}")
+    if cfg.lip_crop_scale != data.meta["lip_crop_scale"]:
+        log.warning("%s: lip crops at scale %g, the starting weights' are %g: training adapts them to the data's, "
+                    "which the new weights record", where, data.meta["lip_crop_scale"], cfg.lip_crop_scale)
+        cfg = dataclasses.replace(cfg, lip_crop_scale=float(data.meta["lip_crop_scale"]))
+    return cfg
 
 
 def _score(summary: dict) -> tuple[float, float]:
