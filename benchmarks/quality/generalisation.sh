@@ -3,7 +3,7 @@
 #   bash benchmarks/quality/generalisation.sh [NEW_WEIGHTS] [OUT]
 # 1. NEW_WEIGHTS fine-tuned as se4lip-finetune would, on a 4-minute "identity" video of 80 GRID s1 utterances
 #    outside the held-out ones (2 torch threads: the time is the figure of the 4-minute target);
-# 2. sync + landmark probe on every held-out set (grid_s1, lrw_ar, wild) for log-mel, the previous default,
+# 2. sync + landmark probe on every held-out set (grid_s1, lrw_ar, wild, wild2) for log-mel, the previous default,
 #    NEW_WEIGHTS and NEW_WEIGHTS fine-tuned;
 # 3. level and noise robustness of the previous default and NEW_WEIGHTS on the 60 held-out GRID s1 utterances;
 # 4. OUT/REPORT.md from the three (benchmarks/quality/generalisation_report.py).

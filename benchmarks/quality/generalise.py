@@ -7,7 +7,9 @@ generalisation section):
 - ``lrw_ar``: 1,600 30-frame Arabic clips of many TV speakers, held out by ``PreparedData.split(60, seed=0)``
   (also the held-out split of any ``se4lip-train`` run on them);
 - ``wild``: six public in-the-wild talking-head clips (5-6.6 s; ``benchmarks/quality/wild.md``), all held
-  out, sync only (too few frames to train a probe on).
+  out, sync only (too few frames to train a probe on);
+- ``wild2``: nine more public recordings (eight people; English, French, German) cut into 34 clips of 8 s
+  (``benchmarks/quality/wild.md``), all held out, sync only.
 
 Per set and feature type: SyncNet-style sync figures (SE4Lip weights only: log-mel has no lip encoder; the
 offset search scales to the clip, +-min(15, frames // 5), see ``evaluate.clip_sync``) and, unless ``--no-probe``,
@@ -42,7 +44,8 @@ BASELINES = ("log-mel", "whisper-tiny.en")
 # name -> (prepared dataset under --data-root, its held-out clips: a split.json of their ids, None for
 # PreparedData.split(60, seed=0), or ALL for every clip (sync only))
 ALL = "all"
-DEFAULT_SETS = {"grid_s1": ("grid_s1", HERE / "heldout.json"), "lrw_ar": ("lrw_ar", None), "wild": ("wild", ALL)}
+DEFAULT_SETS = {"grid_s1": ("grid_s1", HERE / "heldout.json"), "lrw_ar": ("lrw_ar", None), "wild": ("wild", ALL),
+                "wild2": ("wild2", ALL)}
 
 log = logging.getLogger("generalise")
 
@@ -132,7 +135,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "needs pip install 'se4lip-features[whisper]')")
     p.add_argument("--data-root", type=Path, default=Path("/work/data"), help="folder of the default sets")
     p.add_argument("--set", dest="sets", type=parse_set, action="append", metavar="NAME=DATA[:SPLIT.json|:all]",
-                   help="a held-out set (repeatable; default: grid_s1, lrw_ar and wild as in the docstring)")
+                   help="a held-out set (repeatable; default: grid_s1, lrw_ar, wild and wild2 as in the docstring)")
     p.add_argument("--no-probe", action="store_true", help="sync only (the probe trains one head per feature x seed)")
     p.add_argument("--steps", type=int, default=probe.ProbeConfig.steps, help="probe training steps")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
