@@ -82,3 +82,19 @@ def test_the_report_page_joins_the_three_results(grid_dataset, tiny_weights, tmp
     assert "| tiny | 0.912 (0.850) | 0.912 (0.850) | 1.000 |" in page  # gain conditions first, then noise
     assert "| sync accuracy (offset within ±1) | 1.000 | 0.500 |" in page
     assert "100 of 280 planned steps (100 per minute), best at step 75" in page and "total **10.0 minutes**" in page
+
+
+def test_whisper_front_end_windows_read_the_encoder_frames_around_each_window():
+    import numpy as np
+    import torch
+
+    wfe = _load("whisper_front_end")
+    frames = torch.arange(50.0)[:, None].repeat(1, 384)  # encoder frame k (centred on 20 k ms) holds k
+    win = wfe.window_frames(frames, np.array([0.5, 0.01, 0.99]))
+    assert win.shape == (3, 11, 384)
+    torch.testing.assert_close(win[0, :, 0], torch.arange(20.0, 31.0))  # 0.5 s: frames 20-30, centred on 25
+    torch.testing.assert_close(win[1, :, 0], torch.tensor([0, 0, 0, 0, 0, 0.5, 1.5, 2.5, 3.5, 4.5, 5.5]))  # 10 ms
+    torch.testing.assert_close(win[2, :, 0], torch.tensor([44.5, 45.5, 46.5, 47.5, 48.5, 49, 49, 49, 49, 49, 49]))
+    emb = wfe.Head()(win)
+    assert emb.shape == (3, 512)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
