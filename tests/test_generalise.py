@@ -89,7 +89,7 @@ def test_whisper_front_end_windows_read_the_encoder_frames_around_each_window():
     import torch
 
     wfe = _load("whisper_front_end")
-    frames = torch.arange(50.0)[:, None].repeat(1, 384)  # encoder frame k (centred on 20 k ms) holds k
+    frames = np.arange(50.0, dtype=np.float32)[:, None].repeat(384, 1)  # encoder frame k (at 20 k ms) holds k
     win = wfe.window_frames(frames, np.array([0.5, 0.01, 0.99]))
     assert win.shape == (3, 11, 384)
     torch.testing.assert_close(win[0, :, 0], torch.arange(20.0, 31.0))  # 0.5 s: frames 20-30, centred on 25

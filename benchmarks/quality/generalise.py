@@ -127,6 +127,25 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def default_sets(root: Path) -> dict[str, tuple[Path, Path | str | None]]:
+    """:data:`DEFAULT_SETS` prepared under ``root``: name -> (data folder, held-out clips)."""
+    return {name: (root / folder, split) for name, (folder, split) in DEFAULT_SETS.items()}
+
+
+def report_header(script: str, argv, threads: int) -> dict:
+    """The command line, date and thread count that every result file starts with."""
+    return {"command": f"python benchmarks/quality/{script} " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "threads": threads}
+
+
+def write_report(res: dict, out: Path, stem: str) -> None:
+    """``out/<stem>.json`` and ``out/<stem>.md`` (:func:`markdown`), and the table on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(markdown(res))
+    print(markdown(res))
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", nargs="+", required=True, help="SE4Lip weights: names, .safetensors, hf://, ckpt.pt")
@@ -148,24 +167,19 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
-    sets = dict(args.sets) if args.sets else {name: (args.data_root / folder, split)
-                                              for name, (folder, split) in DEFAULT_SETS.items()}
+    sets = dict(args.sets) if args.sets else default_sets(args.data_root)
     try:
         specs = [probe.feature_extractor(s) for s in args.weights]
         if not args.no_probe:
             specs = [probe.feature_extractor(b) for b in args.baselines] + specs
-        res = {"command": "python benchmarks/quality/generalise.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "threads": args.threads,
+        res = {**report_header("generalise.py", argv, args.threads),
                "sets": {name: evaluate_set(data, split, specs, run_probe=not args.no_probe,
                                            probe_cfg=probe.ProbeConfig(steps=args.steps), seeds=args.seeds)
                         for name, (data, split) in sets.items()}}
     except (OSError, ValueError, RuntimeError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "generalise.json").write_text(json.dumps(res, indent=1) + "\n")
-    (args.out / "generalise.md").write_text(markdown(res))
-    print(markdown(res))
+    write_report(res, args.out, "generalise")
     return 0
 
 

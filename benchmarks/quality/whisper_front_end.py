@@ -25,13 +25,12 @@ import logging
 import math
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from generalise import ALL, evaluate_set, markdown, parse_set
+from generalise import default_sets, evaluate_set, parse_set, report_header, write_report
 from torch import nn
 
 import se4lip_features
@@ -42,13 +41,10 @@ from se4lip_features.model import LossConfig, pair_losses
 from se4lip_features.training.data import PreparedData
 from se4lip_features.training.train import _voiced_frames
 
-HERE = Path(__file__).resolve().parent
 LOSS = LossConfig()  # the release recipe's loss, without its consistency term (the head sees no noisy twin)
 VAL_CLIPS = 40  # training clips per set set aside to choose the head's step (the held-out clips are never seen)
 HALF_SPAN = 5  # encoder frames each side of a window's centre: 11 frames of 20 ms, the 200 ms window
-DEFAULT_SETS = {"grid_s1": (Path("/work/data/grid_s1"), HERE / "heldout.json"),
-                "lrw_ar": (Path("/work/data/lrw_ar"), None), "wild": (Path("/work/data/wild"), ALL),
-                "wild2": (Path("/work/data/wild2"), ALL)}
+DEFAULT_SETS = default_sets(Path("/work/data"))  # generalise.py's sets, where it looks for them by default
 
 log = logging.getLogger("whisper_front_end")
 
@@ -80,15 +76,10 @@ class CachedWhisper(baselines.WhisperTinyEn):
             self.new = {}
 
 
-def window_frames(frames: torch.Tensor, times: np.ndarray) -> torch.Tensor:
+def window_frames(frames: np.ndarray, times: np.ndarray) -> torch.Tensor:
     """Encoder frames (T, 384) -> the 11 frames around each time (n, 11, 384), interpolated, ends repeated."""
-    pos = torch.from_numpy(np.asarray(times, np.float64) / baselines.WHISPER_FRAME_S)[:, None] + torch.arange(
-        -HALF_SPAN, HALF_SPAN + 1)
-    pos = pos.clamp(0, len(frames) - 1)
-    lo = pos.floor().long()
-    hi = (lo + 1).clamp(max=len(frames) - 1)
-    w = (pos - lo).float()[..., None]
-    return (1 - w) * frames[lo] + w * frames[hi]
+    pos = np.asarray(times, np.float64)[:, None] / baselines.WHISPER_FRAME_S + np.arange(-HALF_SPAN, HALF_SPAN + 1)
+    return torch.from_numpy(baselines.lerp_frames(frames, pos))
 
 
 class Head(nn.Module):
@@ -115,7 +106,7 @@ class HeadFeatures:
 
     @torch.inference_mode()
     def embed(self, wav: torch.Tensor, centres: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        frames = torch.from_numpy(self.whisper.encoder_frames(wav.cpu().numpy()))
+        frames = self.whisper.encoder_frames(wav.cpu().numpy())
         return self.head(window_frames(frames, centres.cpu().numpy() / se4lip_features.audio.SAMPLE_RATE))
 
     def extract(self, wav, sr, fps=25.0, layout="ds", name="audio") -> np.ndarray:
@@ -142,7 +133,7 @@ class CachedClips:
             run = (np.convolve(ok.astype(int), np.ones(lip_span, int), mode="valid") == lip_span
                    if lip_span <= len(ok) else np.zeros(0, bool))
             voiced = _voiced_frames(wav, clip.n_frames, data.fps)[lip_span // 2: lip_span // 2 + len(run)]
-            self.frames.append(torch.from_numpy(whisper.encoder_frames(wav)))
+            self.frames.append(whisper.encoder_frames(wav))
             self.lips.append(emb)
             self.starts.append(np.flatnonzero(run & voiced))
             self.fps.append(data.fps)
@@ -251,7 +242,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-set", dest="train_sets", type=parse_set, action="append", metavar="NAME=DATA[:SPLIT]",
                    help="sets the head trains on, outside their held-out clips (default: grid_s1 and lrw_ar)")
     p.add_argument("--set", dest="sets", type=parse_set, action="append", metavar="NAME=DATA[:SPLIT.json|:all]",
-                   help="held-out sets to report (default: grid_s1, lrw_ar, wild)")
+                   help="held-out sets to report (default: grid_s1, lrw_ar, wild, wild2)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--head", type=Path, help="a head.safetensors of an earlier run: report it, train nothing")
     p.add_argument("--seed", type=int, default=0)
@@ -299,17 +290,13 @@ def main(argv=None) -> int:
     feats = HeadFeatures(head, whisper, model, f"whisper-tiny.en+head ({label} lips)")
     specs = [probe.feature_extractor("log-mel"), ("whisper-tiny.en", whisper), (label, release),
              ("se4lip:whisper-tiny.en+head", feats)]
-    res = {"command": "python benchmarks/quality/whisper_front_end.py " + " ".join(sys.argv[1:] if argv is None
-                                                                                   else argv),
-           "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "threads": args.threads,
-           "lip_encoder": label, "steps": args.steps, "history": history, "cache_s": round(cache_s, 1),
-           "train_s": round(train_s, 1), "choice_loss": losses, "sets": {}}
+    res = {**report_header("whisper_front_end.py", argv, args.threads), "lip_encoder": label, "steps": args.steps,
+           "history": history, "cache_s": round(cache_s, 1), "train_s": round(train_s, 1), "choice_loss": losses,
+           "sets": {}}
     for name, (folder, split) in sets.items():
         res["sets"][name] = evaluate_set(folder, split, specs)
         whisper.flush()
-    (args.out / "whisper_front_end.json").write_text(json.dumps(res, indent=1) + "\n")
-    (args.out / "whisper_front_end.md").write_text(markdown(res))
-    print(markdown(res))
+    write_report(res, args.out, "whisper_front_end")
     return 0
 
 

@@ -276,12 +276,17 @@ class WhisperTinyEn(Baseline):
         return np.concatenate([frames[:k] for frames, k in zip(out, keep)]).astype(np.float32)
 
     def substeps(self, wav16, times, step_s):
-        frames = self.encoder_frames(wav16)
-        pos = np.clip(np.asarray(times) / WHISPER_FRAME_S, 0, len(frames) - 1)
-        lo = np.floor(pos).astype(np.int64)
-        hi = np.minimum(lo + 1, len(frames) - 1)
-        w = (pos - lo)[:, None].astype(np.float32)
-        return (1 - w) * frames[lo] + w * frames[hi]
+        return lerp_frames(self.encoder_frames(wav16), np.asarray(times) / WHISPER_FRAME_S)
+
+
+def lerp_frames(frames: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Frames (T, D) at fractional positions (any shape, in frames; clipped to the ends), linearly interpolated:
+    float32 (*pos.shape, D)."""
+    pos = np.clip(pos, 0, len(frames) - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, len(frames) - 1)
+    w = (pos - lo)[..., None].astype(np.float32)
+    return (1 - w) * frames[lo] + w * frames[hi]
 
 
 BASELINES: dict[str, type[Baseline]] = {"log-mel": LogMel, "mfcc": Mfcc, "stft": LogStft,
