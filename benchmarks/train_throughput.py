@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     cfg = TrainConfig(val_clips=args.val_clips)
     data = PreparedData(args.data)
-    train_clips = data.split(cfg.val_clips, seed=cfg.seed)[0]  # training draws from these, as train.py does
+    train_clips = data.split(cfg.val_clips, seed=cfg.split_seed)[0]  # training draws from these, as train.py does
     if args.split:
         held = set(json.loads(args.split.read_text())["val"])
         train_clips = [c for c in data.clips if c.id not in held]

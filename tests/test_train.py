@@ -326,10 +326,26 @@ def test_training_on_several_datasets_holds_out_each(dataset, tmp_path):
     cfg = TrainConfig(**{**TINY_TRAIN.__dict__, "val_clips": 2, "gain_db": 40.0, "noise_p": 0.5})
     train([dataset, tmp_path / "short"], tmp_path / "run", cfg, TINY_MODEL, progress=False)
     val = json.loads((tmp_path / "run" / "split.json").read_text())["val"]
-    first, second = (data.PreparedData(d).split(2, seed=cfg.seed)[1] for d in (dataset, tmp_path / "short"))
+    first, second = (data.PreparedData(d).split(2, seed=cfg.split_seed)[1] for d in (dataset, tmp_path / "short"))
     assert val == [c.id for c in first + second] and sum("#" in v for v in val) == 2
     _, info = weights.load(tmp_path / "run" / "final.safetensors")
     assert info["data"] == f"{dataset}, {tmp_path / 'short'}"
+
+
+def test_the_training_seed_leaves_the_held_out_clips_alone(tmp_path):
+    prepare_grid(tmp_path / "short", segment_s=0.6)  # 15-frame clips, 2 held out
+    runs = {}
+    for seed, split_seed in ((0, 0), (1, 0), (0, 3)):
+        cfg = dataclasses.replace(TINY_TRAIN, steps=2, val_every=2, seed=seed, split_seed=split_seed)
+        train(tmp_path / "short", tmp_path / f"run{seed}{split_seed}", cfg, TINY_MODEL, progress=False)
+        model, info = weights.load(tmp_path / f"run{seed}{split_seed}" / "final.safetensors")
+        runs[seed, split_seed] = (json.loads((tmp_path / f"run{seed}{split_seed}" / "split.json").read_text())["val"],
+                                  model.speech.state_dict(), TrainConfig.from_dict(json.loads(info["train_config"])))
+    assert runs[0, 0][0] == runs[1, 0][0] != runs[0, 3][0]  # another seed, the same held-out clips
+    assert any(not torch.equal(a, runs[1, 0][1][k]) for k, a in runs[0, 0][1].items())  # ... and another training
+    assert runs[0, 3][2].split_seed == 3 and runs[1, 0][2].seed == 1
+    old = {k: v for k, v in dataclasses.asdict(runs[1, 0][2]).items() if k != "split_seed"}
+    assert TrainConfig.from_dict(old).split_seed == 1  # a config from before split_seed drew its split with seed
 
 
 def test_consistency_pairs_each_speech_window_with_a_noisy_twin(dataset, tmp_path):

@@ -46,7 +46,8 @@ class TrainConfig:
     val_clips: int = 60  # held out of each dataset
     val_every: int = 700
     ckpt_every_s: float = 300.0
-    seed: int = 0
+    seed: int = 0  # draws the training: initial weights, windows, augmentation
+    split_seed: int = 0  # draws each dataset's held-out clips (PreparedData.split), so runs of other seeds share them
 
     def __post_init__(self):
         for name in ("steps", "clips_per_batch", "lip_span", "val_clips", "val_every"):
@@ -68,8 +69,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        """The config of ``dataclasses.asdict(cfg)`` (as checkpoints and weights' metadata store it)."""
-        return cls(**{**values, "loss": LossConfig(**values.get("loss", {}))})
+        """The config of ``dataclasses.asdict(cfg)`` (as checkpoints and weights' metadata store it).
+
+        A config from before ``split_seed`` drew its split with ``seed``.
+        """
+        return cls(**{"split_seed": values.get("seed", 0), **values, "loss": LossConfig(**values.get("loss", {}))})
 
 
 @dataclass
@@ -274,7 +278,7 @@ def train(data_dirs, out_dir: str | Path, cfg: TrainConfig | None = None,
         for key in ("fps", "lip_height", "lip_width", "lip_crop_scale"):
             if other.meta[key] != data.meta[key]:
                 raise ValueError(f"{d}: {key} {other.meta[key]} differs from {data_dirs[0]}'s {data.meta[key]}")
-    splits = [d.split(cfg.val_clips, seed=cfg.seed) for d in datasets]
+    splits = [d.split(cfg.val_clips, seed=cfg.split_seed) for d in datasets]
     train_items = [(d, c) for d, (clips, _) in zip(datasets, splits) for c in clips]
     val_items = [(d, c) for d, (_, clips) in zip(datasets, splits) for c in clips]
     state = None
@@ -499,7 +503,7 @@ def _check_same_split(path: Path, val_ids: list[str]) -> None:
     if saved != set(val_ids):
         other = sorted(saved - set(val_ids))[:3] or sorted(set(val_ids) - saved)[:3]
         raise ValueError(f"{path}: the run held out other clips than these datasets do (e.g. {', '.join(other)}): "
-                         "other data, or another --val-clips/--seed; resume with the run's own data and recipe")
+                         "other data, or another --val-clips/--split-seed; resume with the run's own data and recipe")
 
 
 def load_checkpoint(path: Path, device) -> dict:
