@@ -1,3 +1,3 @@
 """The package version, recorded in every sidecar and free of any import."""
 
-__version__ = "0.5.1"
+__version__ = "0.5.2"

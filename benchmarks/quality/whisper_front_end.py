@@ -143,21 +143,26 @@ class CachedClips:
         whisper.flush()
         self.usable = np.asarray([i for i, s in enumerate(self.starts) if len(s)])
 
-    def batch(self, rng, clips: int, lip_span: int, margin: int):
-        """(lip (B*K, 512), speech windows (B*S, 11, 384), targets (offset, same_clip), and with ``reference`` the
-        model's own speech embeddings of the same windows (B*S, 512), else None)."""
-        lips, speech, ref, lip_f, sp_f, lip_c, sp_c = [], [], [], [], [], [], []
+    def batch(self, rng, clips: int, lip_span: int, margin: int, speech=None):
+        """(lip (B*K, 512), speech windows, targets (offset, same_clip), and with ``reference`` the model's own
+        speech embeddings of the same windows (B*S, 512), else None).
+
+        speech : ``speech(clip_index, frames)`` -> that clip's speech windows at those frames; None: the cached
+            encoder frames around them, (S, 11, 384), concatenated into (B*S, 11, 384)
+        """
+        lips, windows, ref, lip_f, sp_f, lip_c, sp_c = [], [], [], [], [], [], []
         for b, ci in enumerate(rng.choice(self.usable, size=clips, replace=len(self.usable) < clips)):
             s = int(rng.choice(self.starts[ci]))
             lf, sf = np.arange(s, s + lip_span), np.arange(s - margin, s + lip_span + margin)
             lips.append(self.lips[ci][lf])
-            speech.append(window_frames(self.frames[ci], sf / self.fps[ci]))
+            windows.append(window_frames(self.frames[ci], sf / self.fps[ci]) if speech is None else speech(ci, sf))
             if self.reference:
                 ref.append(self.reference[ci][sf + self.margin])
             lip_f.append(lf), sp_f.append(sf), lip_c.append(np.full(len(lf), b)), sp_c.append(np.full(len(sf), b))
         lip_f, sp_f, lip_c, sp_c = (np.concatenate(x) for x in (lip_f, sp_f, lip_c, sp_c))
         targets = (torch.from_numpy(sp_f[None, :] - lip_f[:, None]), torch.from_numpy(lip_c[:, None] == sp_c[None]))
-        return torch.cat(lips), torch.cat(speech), targets, torch.cat(ref) if ref else None
+        return (torch.cat(lips), torch.cat(windows) if speech is None else windows, targets,
+                torch.cat(ref) if ref else None)
 
 
 def batch_loss(lips: torch.Tensor, speech: torch.Tensor, targets: tuple) -> torch.Tensor:
