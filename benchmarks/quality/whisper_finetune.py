@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from generalise import evaluate_set, parse_set, report_header, write_report
+from generalise import report_header
 from torch import nn
 from whisper_front_end import (
     DEFAULT_SETS,
@@ -41,6 +41,9 @@ from whisper_front_end import (
     Head,
     HeadFeatures,
     batch_loss,
+    lever_arguments,
+    plot_history,
+    report_sets,
     training_clips,
 )
 
@@ -256,34 +259,12 @@ def check_port(encoder: WhisperEncoder, wav16: np.ndarray) -> float:
     return float(np.abs(ours - ct2).max())
 
 
-def plot_history(history: dict, path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 3))
-    ax = fig.subplots()
-    ax.plot(history["step"][1:], history["train"][1:], label="training batches")
-    ax.plot(history["step"], history["val"], label="clips set aside to choose the step")
-    ax.axvline(history["best_step"], color="C3", ls="--", label=f"kept: step {history['best_step']}")
-    ax.set(xlabel="step", ylabel="BCE + offset softmax", title="Whisper tiny.en fine-tuned against lips")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", default="se4lip-gridlrw-melcnn-v1", help="the release whose lip encoder is kept")
+    p = lever_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                        "the frozen lever's cache of Whisper's encoder frames")
     p.add_argument("--head", type=Path, required=True, help="the frozen lever's head.safetensors: the start")
-    p.add_argument("--train-set", dest="train_sets", type=parse_set, action="append", metavar="NAME=DATA[:SPLIT]",
-                   help="sets to train on, outside their held-out clips (default: grid_s1 and lrw_ar)")
-    p.add_argument("--set", dest="sets", type=parse_set, action="append", metavar="NAME=DATA[:SPLIT.json|:all]",
-                   help="held-out sets to report (default: grid_s1, lrw_ar, wild, wild2)")
     for field in dataclasses.fields(Recipe):
         p.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--cache", type=Path, required=True, help="the frozen lever's cache of Whisper's encoder frames")
-    p.add_argument("--out", type=Path, required=True)
     return p
 
 
@@ -320,7 +301,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     save_file({f"{part}.{k}": v.contiguous() for part, m in (("encoder", encoder), ("head", head))
                for k, v in m.state_dict().items()}, str(args.out / "tuned.safetensors"))
-    plot_history(history, args.out / "training.png")
+    plot_history(history, args.out / "training.png", "Whisper tiny.en fine-tuned against lips")
     specs = [probe.feature_extractor("log-mel"), ("whisper-tiny.en", whisper), (label, release),
              ("se4lip:whisper-tiny.en+head, clip-length, frozen", HeadFeatures(start[1], TorchWhisper(start[0]), model,
                                                                            "frozen start")),
@@ -328,10 +309,7 @@ def main(argv=None) -> int:
     res = {**report_header("whisper_finetune.py", argv, args.threads), "lip_encoder": label,
            "recipe": dataclasses.asdict(recipe), "port_max_abs_diff": port_error, "history": history,
            "cache_s": round(cache_s, 1), "train_s": round(train_s, 1), "sets": {}}
-    for name, (folder, split) in (dict(args.sets) if args.sets else DEFAULT_SETS).items():
-        res["sets"][name] = evaluate_set(folder, split, specs)
-        whisper.flush()
-    write_report(res, args.out, "whisper_finetune")
+    report_sets(res, dict(args.sets) if args.sets else DEFAULT_SETS, specs, whisper, args.out, "whisper_finetune")
     return 0
 
 

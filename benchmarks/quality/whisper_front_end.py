@@ -227,7 +227,8 @@ def training_clips(args):
     return train_items, choose_items
 
 
-def plot_history(history: dict, path: Path) -> None:
+def plot_history(history: dict, path: Path, title: str = "Whisper tiny.en + lip-trained head") -> None:
+    """The training curve: loss on training batches and on the clips set aside, and the step kept."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5, 3))
@@ -235,25 +236,39 @@ def plot_history(history: dict, path: Path) -> None:
     ax.plot(history["step"], history["train"], label="training batches")
     ax.plot(history["step"], history["val"], label="clips set aside to choose the step")
     ax.axvline(history["best_step"], color="C3", ls="--", label=f"kept: step {history['best_step']}")
-    ax.set(xlabel="step", ylabel="BCE + offset softmax", title="Whisper tiny.en + lip-trained head")
+    ax.set(xlabel="step", ylabel="BCE + offset softmax", title=title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def report_sets(res: dict, sets: dict, specs: list, whisper: CachedWhisper, out: Path, stem: str) -> None:
+    """generalise.py's figures of ``specs`` on each held-out set into ``res["sets"]``, then ``<out>/<stem>.*``."""
+    for name, (folder, split) in sets.items():
+        res["sets"][name] = evaluate_set(folder, split, specs)
+        whisper.flush()
+    write_report(res, out, stem)
+
+
+def lever_arguments(p: argparse.ArgumentParser, cache_help: str) -> argparse.ArgumentParser:
+    """The flags both Whisper levers take (this one and whisper_finetune.py)."""
     p.add_argument("--weights", default="se4lip-gridlrw-melcnn-v1", help="the release whose lip encoder is kept")
     p.add_argument("--train-set", dest="train_sets", type=parse_set, action="append", metavar="NAME=DATA[:SPLIT]",
-                   help="sets the head trains on, outside their held-out clips (default: grid_s1 and lrw_ar)")
+                   help="sets to train on, outside their held-out clips (default: grid_s1 and lrw_ar)")
     p.add_argument("--set", dest="sets", type=parse_set, action="append", metavar="NAME=DATA[:SPLIT.json|:all]",
                    help="held-out sets to report (default: grid_s1, lrw_ar, wild, wild2)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--head", type=Path, help="a head.safetensors of an earlier run: report it, train nothing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--cache", type=Path, required=True, help="folder for Whisper's encoder frames")
+    p.add_argument("--cache", type=Path, required=True, help=cache_help)
     p.add_argument("--out", type=Path, required=True)
+    return p
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = lever_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                        "folder for Whisper's encoder frames")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--head", type=Path, help="a head.safetensors of an earlier run: report it, train nothing")
     return p
 
 
@@ -298,10 +313,7 @@ def main(argv=None) -> int:
     res = {**report_header("whisper_front_end.py", argv, args.threads), "lip_encoder": label, "steps": args.steps,
            "history": history, "cache_s": round(cache_s, 1), "train_s": round(train_s, 1), "choice_loss": losses,
            "sets": {}}
-    for name, (folder, split) in sets.items():
-        res["sets"][name] = evaluate_set(folder, split, specs)
-        whisper.flush()
-    write_report(res, args.out, "whisper_front_end")
+    report_sets(res, sets, specs, whisper, args.out, "whisper_front_end")
     return 0
 
 
