@@ -627,7 +627,7 @@ def test_resume_refuses_other_data_and_a_finished_schedule(grid_dataset, tmp_pat
     assert train_main([str(grid_dataset), "-o", str(run), "--resume", "--steps", "1", *TINY_FLAGS]) == 1
     assert capfd.readouterr().err.strip() == (f"se4lip-train: {run}/ckpt.pt: the run is at step 2, past --steps 1; "
                                               "resume with --steps 2 or more")
-    assert train_main([str(grid_dataset), "-o", str(run), "--resume", "--steps", "3", "--seed", "5",
+    assert train_main([str(grid_dataset), "-o", str(run), "--resume", "--steps", "3", "--split-seed", "5",
                        *TINY_FLAGS]) == 1
     err = capfd.readouterr().err.strip()
     assert err.startswith(f"se4lip-train: {run}/split.json: the run held out other clips than these datasets do")
